@@ -1,0 +1,93 @@
+"""The procedures by name, as ``llmpo bench`` and the experiment runner know them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from llmpo.errors import InputError
+from llmpo.stats.baselines import Elimination, Knockout, Uniform
+from llmpo.stats.bounds import assume_bound, verify_bound
+from llmpo.stats.divergence import kl_delta
+from llmpo.stats.instances import Instance
+from llmpo.stats.procedure import Procedure
+from llmpo.stats.sampling import LLMPO, Oracle
+
+Factory = Callable[[Instance, float, int], Procedure]
+
+
+def _oracle(instance: Instance, delta: float, seed: int) -> Procedure:
+    if instance.condorcet_winner is None:
+        raise InputError(
+            f"method 'oracle' on instance {instance.name!r}: it has no Condorcet "
+            "winner, expected an instance with one"
+        )
+    return Oracle(instance.n_policies, delta, instance.condorcet_winner)
+
+
+UNSTRUCTURED: dict[str, Factory] = {
+    "llmpo": lambda inst, delta, seed: LLMPO(inst.n_policies, delta, seed=seed),
+    "llmpo-assume": lambda inst, delta, seed: LLMPO(
+        inst.n_policies, delta, "assume-winner", seed=seed
+    ),
+    "uniform": lambda inst, delta, seed: Uniform(inst.n_policies, delta),
+    "elimination": lambda inst, delta, seed: Elimination(inst.n_policies, delta),
+    "knockout": lambda inst, delta, seed: Knockout(inst.n_policies, delta, seed=seed),
+    "oracle": _oracle,
+}
+
+
+def _structured_methods() -> dict[str, Factory]:
+    """Methods of the structured space, when that module is present."""
+    try:
+        from llmpo.stats import structured
+    except ImportError:
+        return {}
+    return getattr(structured, "METHODS", {})
+
+
+def methods() -> dict[str, Factory]:
+    """Every known method name and its factory ``(instance, delta, seed)``."""
+    return {**UNSTRUCTURED, **_structured_methods()}
+
+
+def make_procedure(method: str, instance: Instance, delta: float, seed: int) -> Procedure:
+    """Build the procedure ``method`` for ``instance``.
+
+    Raises
+    ------
+    InputError
+        For an unknown method, naming the known ones.
+    """
+    known = methods()
+    if method not in known:
+        raise InputError(
+            f"method: got {method!r}, expected one of {', '.join(sorted(known))}"
+        )
+    return known[method](instance, delta, seed)
+
+
+def lower_bound(method: str, instance: Instance, delta: float) -> float | None:
+    """``T* kl(delta, 1-delta)`` for the model class the method is held to, or
+    ``None`` when it does not apply (no Condorcet winner)."""
+    if method.startswith("llmpo-structured") or method == "g-optimal":
+        bound = _structured_tstar(instance)
+    elif method == "llmpo-assume":
+        bound = assume_bound(instance.preference).tstar
+    else:
+        bound = verify_bound(instance.preference).tstar
+    if bound is None or not np.isfinite(bound):
+        return None
+    return float(bound * kl_delta(delta))
+
+
+def _structured_tstar(instance: Instance) -> float | None:
+    if instance.features is None:
+        return None
+    try:
+        from llmpo.stats.structured_bound import structured_lower_bound
+    except ImportError:
+        return None
+    tstar, _ = structured_lower_bound(instance.features, instance.theta)
+    return float(tstar)

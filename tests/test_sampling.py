@@ -1,0 +1,212 @@
+"""LLM-PO and its baselines on simulated judges: correctness, batches, bad input."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from llmpo.errors import InputError
+from llmpo.stats.baselines import Elimination, Knockout, Uniform
+from llmpo.stats.bounds import verify_bound
+from llmpo.stats.instances import matrix_instance
+from llmpo.stats.methods import make_procedure
+from llmpo.stats.sampling import LLMPO, Oracle
+from llmpo.stats.simulate import simulate
+
+EASY = matrix_instance(
+    [[0.5, 0.7, 0.75, 0.8], [0.3, 0.5, 0.6, 0.65], [0.25, 0.4, 0.5, 0.6],
+     [0.2, 0.35, 0.4, 0.5]],
+    name="easy",
+)
+# Policy 0 is the winner only by a hair; its other pairs sit exactly on the null.
+NEAR_TIE = matrix_instance(
+    [[0.5, 0.53, 0.53], [0.47, 0.5, 0.5], [0.47, 0.5, 0.5]], name="near-tie"
+)
+# No Condorcet winner: every decision is an error. Two pairs sit on the null.
+NO_WINNER = matrix_instance(
+    [[0.5, 0.65, 0.5], [0.35, 0.5, 0.65], [0.5, 0.35, 0.5]], name="no-winner"
+)
+
+
+def error_count(factory, instance, runs, *, budget, batch=1, seed=0):
+    winner = instance.condorcet_winner
+    errors = decided = 0
+    for run in range(runs):
+        procedure = factory(run)
+        outcome = simulate(
+            procedure, instance, np.random.default_rng([seed, run]),
+            budget=budget, batch=batch,
+        )
+        if outcome.decision.stopped:
+            decided += 1
+            errors += outcome.decision.leader != winner
+    return errors, decided
+
+
+def binomial_limit(runs, delta):
+    """Largest error count compatible with an error rate <= delta (one-sided 1e-4)."""
+    return binom.ppf(1 - 1e-4, runs, delta)
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_verify_errs_at_most_delta_without_a_winner(batch):
+    runs, delta = 200, 0.2
+    errors, _ = error_count(
+        lambda r: LLMPO(3, delta, seed=r), NO_WINNER, runs, budget=300, batch=batch
+    )
+    assert errors <= binomial_limit(runs, delta)
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_verify_errs_at_most_delta_on_a_near_tie(batch):
+    runs, delta = 200, 0.2
+    errors, _ = error_count(
+        lambda r: LLMPO(3, delta, seed=r), NEAR_TIE, runs, budget=300, batch=batch
+    )
+    assert errors <= binomial_limit(runs, delta)
+
+
+def test_assume_winner_errs_at_most_delta_when_a_winner_exists():
+    runs, delta = 200, 0.2
+    errors, _ = error_count(
+        lambda r: LLMPO(3, delta, "assume-winner", seed=r), NEAR_TIE, runs, budget=300
+    )
+    assert errors <= binomial_limit(runs, delta)
+
+
+def test_a_threshold_without_the_union_over_candidates_would_be_caught():
+    """The check above can fail: dropping ln K and half the confidence makes
+    the same procedure err far more often than delta allows."""
+    runs, delta = 200, 0.2
+
+    def broken(run):
+        procedure = LLMPO(3, delta, seed=run)
+        procedure.log_threshold = 0.5 * math.log(1 / delta)
+        return procedure
+
+    errors, _ = error_count(broken, NO_WINNER, runs, budget=300)
+    assert errors > binomial_limit(runs, delta)
+
+
+@pytest.mark.parametrize(
+    "method", ["llmpo", "llmpo-assume", "uniform", "elimination", "knockout", "oracle"]
+)
+def test_every_method_finds_the_clear_winner(method):
+    for run in range(10):
+        procedure = make_procedure(method, EASY, 0.01, run)
+        outcome = simulate(procedure, EASY, np.random.default_rng(run))
+        assert outcome.decision.stopped
+        assert outcome.decision.leader == 0
+        assert outcome.decision.p_value <= 0.01 or method == "knockout"
+
+
+def test_llmpo_allocation_follows_the_optimal_proportions():
+    """Each rival of the winner is dueled until its evidence crosses, which puts
+    duels in inverse proportion to the information, as w* does."""
+    instance = matrix_instance(
+        [[0.5, 0.56, 0.7, 0.8], [0.44, 0.5, 0.6, 0.6], [0.3, 0.4, 0.5, 0.6],
+         [0.2, 0.4, 0.4, 0.5]]
+    )
+    optimal = verify_bound(instance.preference).proportions
+    shares = []
+    for run in range(20):
+        procedure = LLMPO(4, 0.001, seed=run)
+        simulate(procedure, instance, np.random.default_rng(run))
+        shares.append(procedure.counts / procedure.counts.sum())
+    mean_share = np.mean(shares, axis=0)
+    winner_pairs = optimal > 0
+    assert mean_share[winner_pairs].sum() > 0.9
+    np.testing.assert_allclose(mean_share[winner_pairs] / mean_share[winner_pairs].sum(),
+                               optimal[winner_pairs], atol=0.08)
+
+
+def test_llmpo_needs_fewer_duels_than_uniform():
+    instance = matrix_instance(
+        [[0.5, 0.6, 0.7, 0.75, 0.8], [0.4, 0.5, 0.55, 0.6, 0.6],
+         [0.3, 0.45, 0.5, 0.55, 0.6], [0.25, 0.4, 0.45, 0.5, 0.55],
+         [0.2, 0.4, 0.4, 0.45, 0.5]]
+    )
+    llmpo = [simulate(LLMPO(5, 0.01, seed=r), instance, np.random.default_rng(r)).duels
+             for r in range(15)]
+    uniform = [simulate(Uniform(5, 0.01), instance, np.random.default_rng(r)).duels
+               for r in range(15)]
+    assert np.mean(llmpo) < 0.5 * np.mean(uniform)
+
+
+def test_pending_duels_spread_a_batch_over_pairs():
+    procedure = LLMPO(6, 0.05, seed=0)
+    batch = procedure.propose(15)
+    assert len(set(batch)) == 15  # the start design: every pair once
+    for a, b in batch:
+        procedure.record(a, b, 1.0 if a == 0 else 0.5)
+    batch = procedure.propose(32)
+    assert procedure.n_pending == 32
+    assert len(set(batch)) > 1
+    for a, b in batch[:10]:
+        procedure.release(a, b)
+    assert procedure.n_pending == 22
+
+
+def test_duels_recorded_after_the_stop_do_not_change_the_decision():
+    procedure = Oracle(4, 0.05, winner=0)
+    rng = np.random.default_rng(0)
+    while not procedure.stopped:
+        for a, b in procedure.propose(1):
+            procedure.record(a, b, EASY.duel(a, b, rng))
+    before = procedure.decision()
+    assert procedure.propose(5) == []
+    procedure.record(1, 2, 1.0)
+    assert procedure.decision().leader == before.leader
+
+
+def test_a_budget_stop_reports_the_leader_and_its_p_value():
+    outcome = simulate(LLMPO(3, 0.01, seed=0), NEAR_TIE, np.random.default_rng(0),
+                       budget=50)
+    assert not outcome.decision.stopped
+    assert outcome.duels == 50
+    assert outcome.decision.leader in (0, 1, 2)
+    assert 0.0 < outcome.decision.p_value <= 1.0
+
+
+def test_ordered_duels_are_stored_per_unordered_pair():
+    one, other = LLMPO(3, 0.1), LLMPO(3, 0.1)
+    one.record(2, 0, 1.0)
+    other.record(0, 2, 0.0)
+    np.testing.assert_array_equal(one.sums, other.sums)
+    np.testing.assert_array_equal(one.evidence, other.evidence)
+
+
+@pytest.mark.parametrize("delta", [0, 1, -0.1, 1.5, "x"])
+def test_delta_outside_the_unit_interval_is_refused(delta):
+    with pytest.raises(InputError, match="delta"):
+        LLMPO(3, delta)
+
+
+@pytest.mark.parametrize(
+    "call, fragment",
+    [
+        (lambda p: p.record(0, 0, 1.0), "two different policies"),
+        (lambda p: p.record(0, 5, 1.0), "index in [0, 3)"),
+        (lambda p: p.record(0, 1, 1.5), "outcome"),
+        (lambda p: p.propose(0), "size"),
+    ],
+)
+def test_bad_duels_are_refused(call, fragment):
+    with pytest.raises(InputError) as error:
+        call(LLMPO(3, 0.1))
+    assert fragment in str(error.value)
+
+
+def test_unknown_method_names_the_known_ones():
+    with pytest.raises(InputError, match="expected one of .*llmpo"):
+        make_procedure("nope", EASY, 0.1, 0)
+
+
+def test_baselines_refuse_bad_parameters():
+    with pytest.raises(InputError, match="epsilon"):
+        Knockout(4, 0.1, epsilon=0.7)
+    with pytest.raises(InputError, match="n_policies"):
+        Elimination(1, 0.1)
+    with pytest.raises(InputError, match="winner"):
+        Oracle(4, 0.1, winner=None)
