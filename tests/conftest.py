@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+
+# The statistics multiply small matrices; on 2 shared cores one BLAS thread is far
+# faster than several spinning ones. Set before anything imports NumPy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import socket
 import subprocess
 import sys

@@ -20,7 +20,7 @@ import numpy as np
 
 from llmpo.errors import InputError
 from llmpo.stats.instances import Instance
-from llmpo.stats.methods import lower_bound, make_procedure, methods
+from llmpo.stats.methods import STRUCTURED, lower_bound, make_procedure, methods
 from llmpo.stats.sampling import check_delta
 from llmpo.stats.simulate import simulate
 
@@ -168,6 +168,11 @@ def run_bench(
         raise InputError(f"--budget: got {budget}, expected an integer >= 1")
     for name in method_names:
         for instance in instances:
+            if name in STRUCTURED and instance.features is None:
+                raise InputError(
+                    f"--methods {name}: instance {instance.name!r} has no policy "
+                    "features; keep structured methods to 'bt' instances (--only)"
+                )
             if name == "oracle" and instance.condorcet_winner is None:
                 raise InputError(
                     f"--methods oracle: instance {instance.name!r} has no Condorcet "

@@ -24,7 +24,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Pick the best LLM policy by adaptive pairwise duels, with error at most delta.",
 )
-console = Console()
+# Piped output gets a wide console so that tables stay readable in logs.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 USAGE_ERROR = 2
@@ -221,7 +222,8 @@ def run(
 
 @app.command()
 def resume(
-    run_store: Path = typer.Argument(..., metavar="RUN", help="The run store (.sqlite)."),
+    run_store: Path = typer.Argument(
+        ..., metavar="RUN", help="The run store (.sqlite)."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
 ):
     """Continue a stopped or killed run from its store; duels in flight when it
@@ -241,7 +243,8 @@ def resume(
 
 @app.command()
 def status(
-    run_store: Path = typer.Argument(..., metavar="RUN", help="The run store (.sqlite)."),
+    run_store: Path = typer.Argument(
+        ..., metavar="RUN", help="The run store (.sqlite)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Read a run (read-only, safe while it runs): decision, duels per state,
@@ -259,8 +262,28 @@ def status(
 
 
 @app.command()
+def report(
+    run_store: Path = typer.Argument(
+        ..., metavar="RUN", help="The run store (.sqlite)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Directory for the report (default: beside the store)."),
+):
+    """Write the run's HTML report (decision, evidence, allocation, win matrix,
+    spending, example duels); safe while the run is going."""
+    from llmpo.errors import StoreError
+    from llmpo.report import write_report
+
+    try:
+        page = write_report(run_store, out)
+    except (InputError, StoreError) as error:
+        fail(str(error))
+    console.print(f"report: {page}", highlight=False)
+
+
+@app.command()
 def export(
-    run_store: Path = typer.Argument(..., metavar="RUN", help="The run store (.sqlite)."),
+    run_store: Path = typer.Argument(
+        ..., metavar="RUN", help="The run store (.sqlite)."),
     format: str = typer.Option("csv", "--format", help="csv or parquet."),
     out: Path = typer.Option(..., "--out", help="Directory to write the tables to."),
 ):
@@ -283,9 +306,14 @@ def export(
 class _LiveProgress:
     """A live line on standard error fed by the executor's progress callback."""
 
+    # Without a terminal (CI logs, pipes) a plain line is written this often.
+    PLAIN_INTERVAL_S = 15.0
+
     def __init__(self, enabled: bool = True):
+        self.wanted = enabled
         self.enabled = enabled and err_console.is_terminal
         self._live = None
+        self._last_plain = 0.0
 
     def __enter__(self):
         if self.enabled:
@@ -306,6 +334,13 @@ class _LiveProgress:
     def __call__(self, progress) -> None:
         if self._live is not None:
             self._live.update(_progress_line(progress))
+        elif self.wanted:
+            import time
+
+            now = time.monotonic()
+            if now - self._last_plain >= self.PLAIN_INTERVAL_S:
+                self._last_plain = now
+                err_console.print(_progress_line(progress), highlight=False)
 
 
 def _progress_line(progress):
@@ -352,9 +387,26 @@ def _interrupted(path: Optional[Path]) -> None:
     raise typer.Exit(130)
 
 
+def _write_report_after(outcome) -> Path | None:
+    """Write the run's report; a failure to do so never loses the run."""
+    from llmpo.report import write_report
+
+    try:
+        return write_report(outcome.store_path)
+    except Exception as error:  # the store is safe; only the page is missing
+        logging.getLogger(__name__).warning("report not written: %s", error)
+        err_console.print(
+            f"[yellow]warning:[/] report not written ({error}); "
+            f"try: llmpo report {outcome.store_path}", highlight=False)
+        return None
+
+
 def _print_outcome(outcome, as_json: bool) -> None:
+    report = _write_report_after(outcome)
     if as_json:
-        typer.echo(json.dumps(outcome.to_json(), indent=1))
+        record = outcome.to_json()
+        record["report"] = None if report is None else str(report)
+        typer.echo(json.dumps(record, indent=1))
         return
     decision, summary = outcome.decision, outcome.summary
     leader = decision.get("leader_name") or "-"
@@ -368,6 +420,8 @@ def _print_outcome(outcome, as_json: bool) -> None:
             f"[bold yellow]{outcome.status}:[/] no policy certified{at} "
             f"({decision.get('reason')}); leader {leader}", highlight=False)
     console.print(_outcome_table(outcome, summary, decision))
+    if report is not None:
+        console.print(f"[bold]report[/]     {report}", highlight=False)
 
 
 def _outcome_table(outcome, summary, decision) -> Table:
@@ -486,7 +540,8 @@ def _print_status(record: dict) -> None:
     wins, counts = record["win_matrix"]["wins"], record["win_matrix"]["counts"]
     for a, name in enumerate(names):
         cells = [
-            "" if a == b else f"{wins[a][b]:g}/{counts[a][b]}" for b in range(len(names))
+            "" if a == b else f"{wins[a][b]:g}/{counts[a][b]}"
+            for b in range(len(names))
         ]
         matrix.add_row(name, *cells)
     console.print(matrix)
@@ -494,6 +549,11 @@ def _print_status(record: dict) -> None:
 
 def main() -> None:
     """Entry point that turns library errors into one line and a status."""
+    # The statistics multiply small matrices: one BLAS thread is faster than
+    # several competing for two cores. A user's own setting wins.
+    import os
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     logging.basicConfig(level=logging.WARNING)
     try:
         app()

@@ -794,7 +794,9 @@ class RunStore:
             "wins": wins,
             "win_rate": wins / counted if counted else None,
             "cost": sum(row["cost"] for row in rows),
-            "tokens": sum(row["generation_tokens"] + row["judge_tokens"] for row in rows),
+            "tokens": sum(
+                row["generation_tokens"] + row["judge_tokens"] for row in rows
+            ),
         }
 
     # -- reading it all ------------------------------------------------------------

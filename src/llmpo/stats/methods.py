@@ -38,18 +38,41 @@ UNSTRUCTURED: dict[str, Factory] = {
 }
 
 
-def _structured_methods() -> dict[str, Factory]:
-    """Methods of the structured space, when that module is present."""
-    try:
-        from llmpo.stats import structured
-    except ImportError:
-        return {}
-    return getattr(structured, "METHODS", {})
+def _needs_features(instance: Instance, method: str) -> np.ndarray:
+    if instance.features is None:
+        raise InputError(
+            f"method {method!r} on instance {instance.name!r}: it has no policy "
+            "features, expected a 'bt' instance"
+        )
+    return instance.features
+
+
+def _structured(method: str, rule: str) -> Factory:
+    def factory(instance: Instance, delta: float, seed: int) -> Procedure:
+        from llmpo.stats.structured import StructuredLLMPO
+
+        return StructuredLLMPO(_needs_features(instance, method), delta, rule=rule,
+                               seed=seed)
+
+    return factory
+
+
+def _g_optimal(instance: Instance, delta: float, seed: int) -> Procedure:
+    from llmpo.stats.structured import GOptimalDesign
+
+    return GOptimalDesign(_needs_features(instance, "g-optimal"), delta, seed=seed)
+
+
+STRUCTURED: dict[str, Factory] = {
+    "llmpo-structured": _structured("llmpo-structured", "guaranteed"),
+    "llmpo-structured-glr": _structured("llmpo-structured-glr", "glr"),
+    "g-optimal": _g_optimal,
+}
 
 
 def methods() -> dict[str, Factory]:
     """Every known method name and its factory ``(instance, delta, seed)``."""
-    return {**UNSTRUCTURED, **_structured_methods()}
+    return {**UNSTRUCTURED, **STRUCTURED}
 
 
 def make_procedure(method: str, instance: Instance, delta: float, seed: int) -> Procedure:

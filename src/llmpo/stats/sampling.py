@@ -352,8 +352,11 @@ class LLMPO(PairwiseProcedure):
         self._weights = None
 
     def _next_pair(self) -> int | None:
-        if self._start:
-            return self._start.pop(0)
+        while self._start:
+            pair = self._start.pop(0)
+            # A rebuilt procedure (resume) already holds duels of some pairs.
+            if self.counts[pair] + self.pending[pair] == 0:
+                return pair
         t = self._n_duels + self._n_pending
         n = self.counts + self.pending
         leader = self.leader()

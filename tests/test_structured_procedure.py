@@ -1,0 +1,133 @@
+"""Evidence and procedures of the structured (Bradley-Terry) space."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from llmpo.errors import InputError
+from llmpo.stats import bt
+from llmpo.stats.instances import bt_instance
+from llmpo.stats.pairs import pairs
+from llmpo.stats.structured import GOptimalDesign, StructuredEvidence, StructuredLLMPO
+
+
+def _run(instance, procedure, rng, batch=4, cap=20000):
+    while procedure.n_duels < cap:
+        proposed = procedure.propose(batch)
+        if not proposed:
+            break
+        for a, b in proposed:
+            if rng.random() < 0.5:  # the ordered duel may come either way round
+                procedure.record(b, a, instance.duel(b, a, rng))
+            else:
+                procedure.record(a, b, instance.duel(a, b, rng))
+    return procedure.decision()
+
+
+def test_universal_inference_evidence_rarely_crosses_under_a_tied_null():
+    # x_0 and x_1 tied under theta: H_01 holds; Ville bounds the crossing rate.
+    features = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.5, -0.5]])
+    theta = np.array([0.8, 0.8])
+    instance = bt_instance(features, theta)
+    alpha, runs, duels = 0.1, 100, 120
+    a, b = pairs(4)
+    direction = features[0] - features[1]
+    crossings = 0
+    for seed in range(runs):
+        rng = np.random.default_rng(seed)
+        evidence = StructuredEvidence(features, alpha, "guaranteed", 1.0)
+        for step in range(duels):
+            pair = int(rng.integers(a.size))
+            evidence.record(pair, instance.duel(a[pair], b[pair], rng))
+            if step % 4 == 3:
+                diffs, counts, sums = evidence._data()
+                null = bt.fit_halfspace(diffs, counts, sums, direction, ridge=1e-6)
+                log_e = evidence.numerator - bt.log_likelihood(null, diffs, counts, sums)
+                if log_e >= math.log(1 / alpha):
+                    crossings += 1
+                    break
+    # P(Binomial(100, 0.1) > limit) < 0.005: a valid e-process fails this rarely.
+    limit = int(binom.ppf(0.995, runs, alpha))
+    assert crossings <= limit
+
+
+def test_structured_llmpo_is_delta_correct_on_a_small_instance():
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(5, 2))
+    theta = np.array([2.0, 1.0])
+    instance = bt_instance(features, theta)
+    best = int(np.argmax(features @ theta))
+    delta, runs = 0.1, 60
+    errors = 0
+    for seed in range(runs):
+        procedure = StructuredLLMPO(features, delta, seed=seed)
+        decision = _run(instance, procedure, np.random.default_rng(1000 + seed))
+        assert decision.stopped
+        errors += decision.leader != best
+    limit = int(binom.ppf(0.995, runs, delta))
+    assert errors <= limit
+
+
+@pytest.mark.parametrize("rule", ["guaranteed", "glr"])
+def test_structured_llmpo_names_the_best_policy_with_a_p_value_below_delta(rule):
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(8, 3))
+    theta = np.array([1.5, -1.0, 0.5])
+    instance = bt_instance(features, theta)
+    procedure = StructuredLLMPO(features, 0.05, rule=rule, seed=1)
+    decision = _run(instance, procedure, np.random.default_rng(5))
+    assert decision.stopped and decision.leader == int(np.argmax(features @ theta))
+    assert decision.p_value <= 0.05
+    assert decision.log_evidence >= decision.log_threshold
+    assert procedure.propose(3) == []
+    weights = procedure.proportions()
+    assert weights is not None and abs(weights.sum() - 1) < 1e-9
+
+
+@pytest.mark.parametrize("design", ["g-optimal", "uniform"])
+def test_fixed_design_baseline_stops_on_the_best_policy(design):
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(6, 2))
+    theta = np.array([2.0, 1.0])
+    instance = bt_instance(features, theta)
+    procedure = GOptimalDesign(features, 0.05, seed=0, design=design)
+    decision = _run(instance, procedure, np.random.default_rng(6))
+    assert decision.stopped and decision.leader == int(np.argmax(features @ theta))
+
+
+def test_a_batch_spreads_over_pairs_and_pending_duels_count_as_done():
+    features = np.eye(5)
+    procedure = GOptimalDesign(features, 0.05, design="uniform")
+    batch = procedure.propose(10)
+    assert len(set(batch)) == 10
+    for a, b in batch[:5]:
+        procedure.release(a, b)
+    assert procedure.n_duels == 0
+
+
+def test_recorded_outcome_of_a_reversed_duel_is_stored_as_its_complement():
+    procedure = StructuredLLMPO(np.eye(3), 0.05)
+    procedure.record(2, 0, 1.0)
+    counts, sums = procedure.evidence.counts, procedure.evidence.sums
+    assert counts[1] == 1 and sums[1] == 0.0  # pair (0, 2): 0 lost
+
+
+def test_structured_llmpo_rejects_bad_inputs_with_named_fields():
+    with pytest.raises(InputError, match="features"):
+        StructuredLLMPO([[1.0, 2.0], [3.0]], 0.05)
+    with pytest.raises(InputError, match="features"):
+        StructuredLLMPO([[1.0, np.nan], [3.0, 1.0]], 0.05)
+    with pytest.raises(InputError, match=r"features\[0\] and features\[2\]"):
+        StructuredLLMPO([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], 0.05)
+    with pytest.raises(InputError, match="delta"):
+        StructuredLLMPO(np.eye(3), 1.5)
+    with pytest.raises(InputError, match="rule"):
+        StructuredLLMPO(np.eye(3), 0.05, rule="bayes")
+    procedure = StructuredLLMPO(np.eye(3), 0.05)
+    with pytest.raises(InputError, match="outcome"):
+        procedure.record(0, 1, 2.0)
+    with pytest.raises(InputError, match="duel"):
+        procedure.record(1, 1, 1.0)
