@@ -96,6 +96,8 @@ class PairwiseProcedure(Procedure):
         self._refutation = np.zeros(k)
         self._n_duels = 0
         self._n_pending = 0
+        everyone = np.arange(k)
+        self._rivals = [np.delete(everyone, i) for i in range(k)]
 
     # ---------------------------------------------------------------- interface
 
@@ -186,10 +188,10 @@ class PairwiseProcedure(Procedure):
         """The leader's evidence on the scale of the threshold: the smallest of
         ``ln M_{leader j}`` (verify) or of the refutations of the others
         (assume-winner)."""
+        rivals = self._rivals[leader]
         if self.mode == "verify":
-            row = np.delete(self.evidence[leader], leader)
-            return float(row.min())
-        return float(np.delete(self._refutation, leader).min())
+            return float(self.evidence[leader, rivals].min())
+        return float(self._refutation[rivals].min())
 
     def leader(self) -> int:
         """The empirical leader.
@@ -255,8 +257,8 @@ class PairwiseProcedure(Procedure):
 
     def _certified_policy(self) -> int | None:
         if self.mode == "verify":
-            done = np.flatnonzero(self._certified == self.n_policies - 1)
-            return int(done[0]) if done.size else None
+            best = int(np.argmax(self._certified))
+            return best if self._certified[best] == self.n_policies - 1 else None
         refuted = self._refutation >= self.log_threshold
         open_ = np.flatnonzero(~refuted)
         if open_.size == 1:
@@ -273,12 +275,12 @@ class PairwiseProcedure(Procedure):
         k = self.n_policies
         w = np.zeros(self.first.size)
         if self.mode == "verify":
-            rivals = np.delete(np.arange(k), leader)
+            rivals = self._rivals[leader]
             p = np.maximum(self.estimate[leader, rivals], 0.5)
             cost = 1.0 / np.maximum(coin_information(p), _INFORMATION_FLOOR)
             w[self.pair_index[leader, rivals]] = cost / cost.sum()
             return w
-        losers = np.delete(np.arange(k), leader)
+        losers = self._rivals[leader]
         defeaters = strongest_defeaters(self.estimate)[losers]
         defeaters = np.where(defeaters < 0, leader, defeaters)
         p = np.maximum(self.estimate[defeaters, losers], 0.5)
@@ -343,13 +345,8 @@ class LLMPO(PairwiseProcedure):
             cycle = rng.permutation(k)
             start = self.pair_index[cycle, np.roll(cycle, -1)]
         self._start = [int(p) for p in start]
-        self._weights: np.ndarray | None = None
-        self._weights_leader = -1
         self._half_rivals = (k - 1) / 2.0
         self._half_pairs = m / 2.0
-
-    def _after_record(self, i: int, j: int) -> None:
-        self._weights = None
 
     def _next_pair(self) -> int | None:
         while self._start:
@@ -359,72 +356,58 @@ class LLMPO(PairwiseProcedure):
                 return pair
         t = self._n_duels + self._n_pending
         n = self.counts + self.pending
-        leader = self.leader()
-        if self._weights is None or self._weights_leader != leader:
-            self._weights = self._tracking_weights(leader)
-            self._weights_leader = leader
-        w = self._weights
         if self.forcing == "all":
             below = np.flatnonzero(n < math.sqrt(t) - self._half_pairs)
             if below.size:
                 return int(below[np.argmin(n[below])])
-        else:
-            rows = self.pair_index[leader]
-            rivals = np.delete(rows, leader)
-            lag = n[rivals] < math.sqrt(t) - self._half_rivals
-            if self.skip_certified:
-                lag &= w[rivals] > 0
-            if lag.any():
-                lagging = rivals[lag]
-                return int(lagging[np.argmin(n[lagging])])
+        pair, winners, rivals, level = self._targets(self.leader())
+        open_ = level < self.log_threshold
+        if self.mode == "verify":
+            open_ &= self.evidence[rivals, winners] < self.log_threshold
+        if not self.skip_certified:
+            open_[:] = True
+        if not open_.any():
+            return int(np.argmin(n))
+        pair, winners, rivals, level = (
+            pair[open_], winners[open_], rivals[open_], level[open_]
+        )
+        if self.forcing == "sparse":
+            lagging = n[pair] < math.sqrt(t) - self._half_rivals
+            if lagging.any():
+                candidates = pair[lagging]
+                return int(candidates[np.argmin(n[candidates])])
             floor = t ** (1.0 / 3.0) - self._half_pairs
             if floor > 0:
                 below = np.flatnonzero(n < floor)
                 if below.size:
                     return int(below[np.argmin(n[below])])
+        gain = np.maximum(
+            coin_information(np.maximum(self.estimate[winners, rivals], 0.5)),
+            _INFORMATION_FLOOR,
+        )
         if self.rule == "evidence":
-            return self._weakest_open_pair(leader, n)
-        support = np.flatnonzero(w > 0)
-        if support.size == 0:
-            return int(np.argmin(n))
-        # Track within the support: duels spent while another policy led do
-        # not leave a debt that the new leader's pairs would have to repay.
-        gap = (n[support].sum() + 1.0) * w[support] - n[support]
-        return int(support[np.argmax(gap)])
+            projected = level + self.pending[pair] * gain
+            return int(pair[np.argmin(projected)])
+        # Track the plug-in proportions within the open pairs: duels spent while
+        # another policy led leave no debt that the new leader's pairs repay.
+        w = (1.0 / gain) / (1.0 / gain).sum()
+        gap = (n[pair].sum() + 1.0) * w - n[pair]
+        return int(pair[np.argmax(gap)])
 
-    def _weakest_open_pair(self, leader: int, n: np.ndarray) -> int:
-        """The open pair of the leader whose evidence, with its pending duels
-        counted at their expected gain, is the weakest."""
+    def _targets(self, leader: int):
+        """The pairs the stopping rule needs for ``leader``: ``(pair, winner,
+        rival, level)`` arrays, ``level`` the evidence that must cross the
+        threshold. Verify: the leader against each rival. Assume-winner: each
+        other policy against its strongest defeater in ``p_hat``."""
+        rivals = self._rivals[leader]
         if self.mode == "verify":
-            rivals = np.delete(np.arange(self.n_policies), leader)
             winners = np.full(rivals.size, leader)
+            level = self.evidence[leader, rivals]
         else:
-            rivals = np.delete(np.arange(self.n_policies), leader)
             defeaters = strongest_defeaters(self.estimate)[rivals]
             winners = np.where(defeaters < 0, leader, defeaters)
-        pair = self.pair_index[winners, rivals]
-        level = self.evidence[winners, rivals] if self.mode == "verify" else (
-            self._refutation[rivals]
-        )
-        gain = np.maximum(coin_information(self.estimate[winners, rivals]),
-                          _INFORMATION_FLOOR)
-        projected = level + self.pending[pair] * gain
-        projected = np.where(level >= self.log_threshold, np.inf, projected)
-        return int(pair[np.argmin(projected)])
-
-    def _tracking_weights(self, leader: int) -> np.ndarray:
-        w = self._plugin_proportions(leader)
-        if self.skip_certified:
-            if self.mode == "verify":
-                settled = self.evidence[self.first, self.second] >= self.log_threshold
-                settled |= self.evidence[self.second, self.first] >= self.log_threshold
-            else:
-                refuted = self._refutation >= self.log_threshold
-                settled = refuted[self.first] | refuted[self.second]
-            open_w = np.where(settled, 0.0, w)
-            if open_w.sum() > 0:
-                w = open_w / open_w.sum()
-        return w
+            level = self._refutation[rivals]
+        return self.pair_index[winners, rivals], winners, rivals, level
 
 
 class Oracle(PairwiseProcedure):
