@@ -12,7 +12,6 @@ import hashlib
 import html
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -364,17 +363,3 @@ def test_heldout_comparison_is_reported_apart_from_the_decision(tmp_path):
 
 def test_report_of_a_run_without_heldout_has_no_such_section(decided_report):
     assert 'id="heldout"' not in page_text(decided_report)
-
-
-def test_structured_run_without_its_procedure_skips_only_the_evidence(
-    tmp_path, monkeypatch
-):
-    path = build_structured_run(tmp_path / "structured.sqlite")
-    # Fault injected: this installation has no structured procedure.
-    monkeypatch.setitem(sys.modules, "llmpo.stats.structured", None)
-    page = write_report(path, tmp_path / "report")
-    text = page_text(page)
-    assert "has no structured procedure to replay the duels through" in text
-    assert not (page.parent / PLOT_FILES["evidence"]).exists()
-    for key in ("allocation", "wins", "spending"):
-        imread(page.parent / PLOT_FILES[key])

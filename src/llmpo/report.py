@@ -33,7 +33,7 @@ from llmpo import report_plots
 from llmpo.experiment import Experiment
 from llmpo.stats.pairs import pair_matrix, pairs
 from llmpo.stats.procedure import Procedure
-from llmpo.stats.sampling import LLMPO
+from llmpo.runner import build_procedure
 from llmpo.store import RunStore
 
 logger = logging.getLogger(__name__)
@@ -255,32 +255,13 @@ def _gather(store: RunStore) -> _Facts:
     )
 
 
-def _procedure(experiment: Experiment) -> Procedure | None:
-    """A fresh copy of the procedure the run used, or ``None`` when this
-    installation has none for the experiment's space."""
-    k = len(experiment.policies)
-    if experiment.space in ("verify", "assume-winner"):
-        return LLMPO(k, experiment.delta, experiment.space, seed=experiment.seed)
-    try:
-        from llmpo.stats.structured import StructuredLLMPO
-    except ImportError:
-        return None
-    features = np.array([policy.features for policy in experiment.policies], float)
-    return StructuredLLMPO(features, experiment.delta, seed=experiment.seed)
-
-
 def _replay(
     experiment: Experiment, first: np.ndarray, second: np.ndarray, outcomes: np.ndarray
 ) -> tuple[_Evidence | None, Procedure | None, str | None]:
     """Replay the counted duels through a fresh procedure; read the evidence."""
     if outcomes.size == 0:
         return None, None, None
-    procedure = _procedure(experiment)
-    if procedure is None:
-        return None, None, (
-            "The evidence curve is not drawn: this installation of llmpo has no "
-            "structured procedure to replay the duels through."
-        )
+    procedure = build_procedure(experiment)
     structured = experiment.space == "structured"
     n = outcomes.size
     budget = MAX_STRUCTURED_POINTS if structured else MAX_PAIRWISE_POINTS

@@ -12,7 +12,6 @@ secrets only as variable names), the counted duels and the duels in flight.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import re
@@ -39,6 +38,7 @@ from llmpo.experiment import Experiment, load_experiment
 from llmpo.judges.factory import build_judge
 from llmpo.stats.procedure import Decision, Procedure
 from llmpo.stats.sampling import LLMPO
+from llmpo.stats.structured import StructuredLLMPO
 from llmpo.store import RunStore
 
 logger = logging.getLogger(__name__)
@@ -218,30 +218,14 @@ def build_procedure(experiment: Experiment) -> Procedure:
     ``structured``: ``llmpo.stats.structured.StructuredLLMPO`` on the policies'
     features.
 
-    Raises
-    ------
-    InputError
-        When ``space`` is ``structured`` and this installation has no
-        structured procedure.
     """
     n_policies = len(experiment.policies)
     if experiment.space in ("verify", "assume-winner"):
         return LLMPO(
             n_policies, experiment.delta, experiment.space, seed=experiment.seed
         )
-    try:
-        from llmpo.stats.structured import StructuredLLMPO
-    except ImportError:
-        raise InputError(
-            "space: got 'structured', but this installation of llmpo has no "
-            "structured procedure (llmpo.stats.structured); expected 'verify' or "
-            "'assume-winner'"
-        ) from None
     features = np.array([policy.features for policy in experiment.policies], float)
-    options: dict[str, Any] = {}
-    if "seed" in inspect.signature(StructuredLLMPO).parameters:
-        options["seed"] = experiment.seed
-    return StructuredLLMPO(features, experiment.delta, **options)
+    return StructuredLLMPO(features, experiment.delta, seed=experiment.seed)
 
 
 def check_secrets(experiment: Experiment) -> None:
@@ -345,13 +329,14 @@ async def _heldout(
     backends: Backends,
     decision: dict[str, Any],
 ) -> str | None:
-    """Play the held-out comparison after a decided run; return why not, if not."""
+    """Play the held-out comparison of the chosen policy (or, undecided, the leader)
+    against the default policy; return why not, if not."""
     tasks = experiment.heldout_objects()
     baseline = experiment.default_policy_index
     if not tasks or baseline is None:
         return None
-    if store.status != "decided":
-        return "no held-out comparison: the run did not decide"
+    if store.status not in ("decided", "undecided"):
+        return "no held-out comparison: the run did not finish"
     chosen = decision.get("leader")
     if chosen is None:
         return "no held-out comparison: no chosen policy"
