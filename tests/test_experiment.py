@@ -423,3 +423,19 @@ def test_missing_required_key_is_refused(tmp_path):
     del data["judge"]
     message = refusal(tmp_path, data)
     assert message.startswith("judge: missing")
+
+
+def test_structured_evidence_rule_is_chosen_in_the_file(tmp_path):
+    from llmpo.runner import build_procedure
+
+    policies = [
+        {"name": "a", "system_prompt": "Be brief.", "features": [1.0, 0.0]},
+        {"name": "b", "system_prompt": "Be kind.", "features": [0.0, 1.0]},
+        {"name": "c", "system_prompt": "Be calm.", "features": [0.0, 0.0]},
+    ]
+    data = with_(policies=policies, space="structured", evidence="glr")
+    experiment = load_experiment(write(tmp_path, data))
+    assert experiment.evidence == "glr"
+    assert build_procedure(experiment).rule == "glr"
+    message = refusal(tmp_path, with_(evidence="hunch"))
+    assert message.startswith("evidence:") and "hunch" in message

@@ -179,6 +179,11 @@ def bench(
     for row in format_table(cells):
         table.add_row(*row)
     console.print(table)
+    if any(name.endswith("-glr") for name in method_names):
+        console.print(
+            "llmpo-structured-glr is the practical rule: the generalized likelihood "
+            "ratio against ln((1 + ln t)/δ). It carries no proof; its error rate "
+            "above is an empirical check.", highlight=False)
     if json_out is not None:
         json_out.write_text(json.dumps([c.to_record() for c in cells], indent=1))
         console.print(f"JSON written to {json_out}")

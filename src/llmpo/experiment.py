@@ -619,6 +619,11 @@ class Experiment(_Strict):
     space : str
         ``verify`` (certify the Condorcet winner), ``assume-winner`` (assume one
         exists) or ``structured`` (Bradley-Terry on policy features).
+    evidence : str
+        Stopping rule of the structured space: ``guaranteed`` (sequential
+        universal inference, valid when the model holds) or ``glr`` (the
+        generalized likelihood ratio against ``ln((1 + ln t)/delta)``, a
+        heuristic threshold that carries no proof).
     budget : Budget
         Duels, tokens and money the run may spend.
     concurrency : int
@@ -638,6 +643,7 @@ class Experiment(_Strict):
     judge: JudgeSpec
     delta: Number = 0.05
     space: Literal["verify", "assume-winner", "structured"] = "verify"
+    evidence: Literal["guaranteed", "glr"] = "guaranteed"
     budget: Budget = Field(default_factory=Budget)
     concurrency: Integer = Field(4, ge=1)
     batch: Integer | None = Field(None, ge=1)

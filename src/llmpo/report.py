@@ -119,6 +119,7 @@ def guarantee(
     decided: bool,
     leader_name: str | None = None,
     p_value: float | None = None,
+    evidence: str = "guaranteed",
 ) -> str:
     """The guarantee of a run's result, in plain sentences (PRODUCT.md).
 
@@ -136,6 +137,8 @@ def guarantee(
     p_value : float or None
         The leader's anytime p-value: the smallest δ at which it would have
         been certified.
+    evidence : {"guaranteed", "glr"}
+        The structured space's stopping rule; ``glr`` carries no proof.
 
     Returns
     -------
@@ -152,6 +155,13 @@ def guarantee(
             " — provided such a policy exists: this run assumed one does (space "
             "assume-winner) and did not check it; if no policy beats every other "
             "one, the decision carries no guarantee."
+        )
+    elif space == "structured" and evidence == "glr":
+        return (
+            "No guarantee: this run stopped with the generalized likelihood ratio "
+            "against the heuristic threshold ln((1 + ln t)/δ) (evidence glr), "
+            "which carries no proof. In simulations its error stays near δ when "
+            f"the preference model holds. Here δ = {_number(delta)}."
         )
     elif space == "structured":
         core += (
@@ -701,7 +711,7 @@ def _decision_section(facts: _Facts) -> str:
         numbers.append(("reason", str(decision["reason"])))
     sentence = guarantee(
         experiment.space, experiment.delta, decided=decided,
-        leader_name=leader_name, p_value=p_value,
+        leader_name=leader_name, p_value=p_value, evidence=experiment.evidence,
     )
     cells = "".join(f"<div>{_e(label)}<b>{_e(value)}</b></div>"
                     for label, value in numbers)

@@ -225,7 +225,9 @@ def build_procedure(experiment: Experiment) -> Procedure:
             n_policies, experiment.delta, experiment.space, seed=experiment.seed
         )
     features = np.array([policy.features for policy in experiment.policies], float)
-    return StructuredLLMPO(features, experiment.delta, seed=experiment.seed)
+    return StructuredLLMPO(
+        features, experiment.delta, rule=experiment.evidence, seed=experiment.seed
+    )
 
 
 def check_secrets(experiment: Experiment) -> None:
