@@ -82,7 +82,7 @@ def bound(
         return
     table = Table(title="Fundamental data requirement T* (duels per unit of ln(1/δ))")
     for column in ("instance", "K", "winner", "T* verify", "T* assume-winner",
-                   "T* structured", "program value", "top pair"):
+                   "T* structured", "1/program value", "top pair"):
         table.add_column(column)
     from llmpo.stats.pairs import pairs
 
@@ -95,7 +95,8 @@ def bound(
         table.add_row(
             instance.name, str(instance.n_policies), str(record["winner"]),
             _cell(record["tstar_verify"]), _cell(record["tstar_assume"]),
-            _cell(record.get("tstar_structured")), _cell(record.get("program_value")),
+            _cell(record.get("tstar_structured")),
+            _cell(None if not record.get("program_value") else 1 / record["program_value"]),
             top,
         )
     console.print(table)
@@ -110,11 +111,8 @@ def _structured_bound(instance) -> dict:
     empty = {"tstar_structured": None, "program_value": None}
     if instance.features is None:
         return empty
-    try:
-        from llmpo.stats.design import program_value
-        from llmpo.stats.structured_bound import structured_lower_bound
-    except ImportError:
-        return empty
+    from llmpo.stats.structured_bound import program_value, structured_lower_bound
+
     tstar, _ = structured_lower_bound(instance.features, instance.theta)
     value, _ = program_value(instance.features, instance.theta)
     return {"tstar_structured": _finite(tstar), "program_value": _finite(value)}

@@ -91,26 +91,40 @@ def make_procedure(method: str, instance: Instance, delta: float, seed: int) -> 
     return known[method](instance, delta, seed)
 
 
+def bound_family(method: str) -> str:
+    """The model class a method's lower bound comes from: ``"structured"``,
+    ``"assume-winner"`` or ``"verify"``."""
+    if method in STRUCTURED:
+        return "structured"
+    return "assume-winner" if method == "llmpo-assume" else "verify"
+
+
+def tstar(method: str, instance: Instance) -> float | None:
+    """``T*`` of the model class the method is held to, or ``None`` when it does
+    not apply (no Condorcet winner, or a structured method without features)."""
+    family = bound_family(method)
+    if family == "structured":
+        value = _structured_tstar(instance)
+    elif family == "assume-winner":
+        value = assume_bound(instance.preference).tstar
+    else:
+        value = verify_bound(instance.preference).tstar
+    if value is None or not np.isfinite(value):
+        return None
+    return float(value)
+
+
 def lower_bound(method: str, instance: Instance, delta: float) -> float | None:
     """``T* kl(delta, 1-delta)`` for the model class the method is held to, or
-    ``None`` when it does not apply (no Condorcet winner)."""
-    if method.startswith("llmpo-structured") or method == "g-optimal":
-        bound = _structured_tstar(instance)
-    elif method == "llmpo-assume":
-        bound = assume_bound(instance.preference).tstar
-    else:
-        bound = verify_bound(instance.preference).tstar
-    if bound is None or not np.isfinite(bound):
-        return None
-    return float(bound * kl_delta(delta))
+    ``None`` when it does not apply."""
+    value = tstar(method, instance)
+    return None if value is None else value * kl_delta(delta)
 
 
 def _structured_tstar(instance: Instance) -> float | None:
     if instance.features is None:
         return None
-    try:
-        from llmpo.stats.structured_bound import structured_lower_bound
-    except ImportError:
-        return None
-    tstar, _ = structured_lower_bound(instance.features, instance.theta)
-    return float(tstar)
+    from llmpo.stats.structured_bound import structured_lower_bound
+
+    value, _ = structured_lower_bound(instance.features, instance.theta)
+    return float(value)
