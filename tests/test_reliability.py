@@ -14,7 +14,9 @@ The helpers :class:`JudgingFakeServer`, :func:`run_faulty_experiment` and
 
 from __future__ import annotations
 
-import os
+import functools
+import json
+import math
 import random
 import re
 import signal
@@ -25,16 +27,19 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
 from fake_openai import FakeOpenAIServer
 from faulty_server import ALL_KINDS, FaultyServer
 
+from llmpo.backends.registry import Backends
 from llmpo.examples import example_path
 from llmpo.executor import stream_seed
 from llmpo.judges.llm import parse_verdict
-from llmpo.runner import RunOutcome, resume_run, start_run
+from llmpo.experiment import Experiment
+from llmpo.runner import RunOutcome, build_procedure, resume_run, start_run
 from llmpo.store import RunStore
 
 TASKS_FILE = example_path().parent / "tasks.jsonl"
@@ -86,7 +91,10 @@ def judge_answer(prompt: str) -> str:
     if a == b:
         return "Both responses are alike on what matters.\nVERDICT: TIE"
     choice = "A" if a else "B"
-    return f"Response {choice} thanks the customer and names a next step.\nVERDICT: {choice}"
+    return (
+        f"Response {choice} thanks the customer and names a next step.\n"
+        f"VERDICT: {choice}"
+    )
 
 
 class JudgingFakeServer(FakeOpenAIServer):
@@ -133,7 +141,9 @@ class JudgingFakeServer(FakeOpenAIServer):
 # Running an experiment through faulty proxies, and auditing its store
 
 
-def write_experiment(folder: Path, policies: list[dict], judge: dict, **changes) -> Path:
+def write_experiment(
+    folder: Path, policies: list[dict], judge: dict, **changes
+) -> Path:
     """Write ``experiment.yaml`` in ``folder`` on the bundled support tasks."""
     data = {
         "name": "reliability",
@@ -163,6 +173,8 @@ def run_faulty_experiment(
     timeout: float = 0.5,
     max_tokens: int = 40,
     concurrency: int = 6,
+    backoff_s: float | None = None,
+    delta: float = 0.05,
 ) -> tuple[RunOutcome, Counter, Counter]:
     """Run an experiment whose policies and LLM judge sit behind faulty proxies.
 
@@ -170,7 +182,9 @@ def run_faulty_experiment(
     malformed, truncated) in front of ``policy_upstream`` (default: a
     :class:`JudgingFakeServer`); the judge asks the fake through a second
     proxy that also returns unparsable verdicts. Hangs last twice ``timeout``,
-    so the client gives up first.
+    so the client gives up first. ``backoff_s``, when given, replaces the
+    backends' base delay between retries (the retries themselves are the real
+    ones), to keep a test short.
 
     Returns
     -------
@@ -198,10 +212,15 @@ def run_faulty_experiment(
                      "max_attempts": judge_attempts}
             path = write_experiment(
                 folder, policies, judge, budget={"duels": duels},
-                concurrency=concurrency, seed=seed,
+                concurrency=concurrency, seed=seed, delta=delta,
             )
-            outcome = start_run(path, folder / "run.sqlite")
-            return outcome, Counter(policy_proxy.injected), Counter(judge_proxy.injected)
+            backends = Backends if backoff_s is None else functools.partial(
+                Backends, backoff_s=backoff_s
+            )
+            with mock.patch("llmpo.runner.Backends", backends):
+                outcome = start_run(path, folder / "run.sqlite")
+            injected = Counter(policy_proxy.injected), Counter(judge_proxy.injected)
+    return (outcome, *injected)
 
 
 def said_by_judge(judge_raw: str) -> list[tuple[str, str | None]]:
@@ -227,14 +246,19 @@ def audit_store(path: Path) -> dict[str, Any]:
         ``invented`` (counted duels whose outcome the judge's raw output does
         not give, or that the honest judge would not give on the stored
         responses), ``dropped`` (unparsable duels whose raw output holds a
-        verdict), ``unparsable_counted`` (counted duels not ``done``),
-        ``retried`` (duels flagged ``retried``), ``failed_reasons`` (failed
-        duels by the kind of their last failure).
+        verdict), ``not_done_counted`` (whether ``outcomes()`` differs from
+        the ``done`` rows in finishing order: something else was counted),
+        ``decision_replayed`` (whether the stored decision is what the first
+        ``n_duels`` counted duels give), ``retried`` (duels flagged
+        ``retried``), ``failed_reasons`` (failed duels by the kind of their
+        last failure).
     """
     with RunStore.open(path, readonly=True) as store:
         duels = store.duels()
         first, second, outcomes = store.outcomes()
         generations = store._rows("SELECT duel_id, side, text FROM generations")
+        experiment = Experiment.from_json(store.experiment_json)
+        decision = json.loads(store.run["decision_json"])
     ids = [d["id"] for d in duels]
     seqs = [d["seq"] for d in duels if d["seq"] is not None]
     sides = [(g["duel_id"], g["side"]) for g in generations]
@@ -245,8 +269,7 @@ def audit_store(path: Path) -> dict[str, Any]:
     done = sorted((d for d in duels if d["state"] == "done"), key=lambda d: d["seq"])
     counted = list(zip(first.tolist(), second.tolist(), outcomes.tolist()))
     from_rows = [(d["policy_i"], d["policy_j"], d["outcome"]) for d in done]
-    unparsable_counted = 0 if counted == from_rows else abs(
-        len(counted) - len(from_rows)) or 1
+    not_done_counted = counted != from_rows
 
     invented = 0
     for duel in done:
@@ -268,6 +291,20 @@ def audit_store(path: Path) -> dict[str, Any]:
         any(choice is not None for _, choice in said_by_judge(d["judge_raw"] or ""))
         for d in duels if d["state"] == "unparsable"
     )
+    # The decision was taken on the first n_duels counted duels: replaying them
+    # from the store must give it again, or the run counted something the
+    # store does not hold as done.
+    procedure = build_procedure(experiment)
+    counted_then = counted[: decision["n_duels"]]
+    for i, j, x in counted_then:
+        procedure.record(i, j, x)
+    replayed = procedure.decision()
+    decision_replayed = (
+        len(counted_then) == decision["n_duels"]
+        and replayed.leader == decision["leader"]
+        and math.isclose(replayed.log_evidence, decision["log_evidence"] or 0.0,
+                         rel_tol=1e-9, abs_tol=1e-9)
+    )
     failed_reasons = Counter(
         _failure_kind(d["error"] or "") for d in duels if d["state"] == "failed"
     )
@@ -281,7 +318,8 @@ def audit_store(path: Path) -> dict[str, Any]:
         "duplicates": duplicates,
         "invented": invented,
         "dropped": dropped,
-        "unparsable_counted": unparsable_counted,
+        "not_done_counted": not_done_counted,
+        "decision_replayed": decision_replayed,
         "retried": sum("retried" in (d["flags"] or "").split(",") for d in duels),
         "failed_reasons": failed_reasons,
     }
@@ -298,8 +336,9 @@ def assert_store_keeps_its_word(audit: dict[str, Any]) -> None:
     assert audit["duplicates"] == 0
     assert audit["invented"] == 0
     assert audit["dropped"] == 0
-    assert audit["unparsable_counted"] == 0
+    assert not audit["not_done_counted"]
     assert audit["counted"] == audit["done_rows"] == audit["states"]["done"]
+    assert audit["decision_replayed"]
 
 
 # ---------------------------------------------------------------------------
@@ -308,7 +347,7 @@ def assert_store_keeps_its_word(audit: dict[str, Any]) -> None:
 
 def test_run_through_one_fault_in_five_counts_only_verdicts_the_judge_gave(tmp_path):
     outcome, policy_faults, judge_faults = run_faulty_experiment(
-        tmp_path, duels=48, seed=11
+        tmp_path, duels=48, seed=11, backoff_s=0.05
     )
     assert outcome.status in ("decided", "undecided")
     assert outcome.decision["reason"] in ("stopping rule", "budget: duels")
