@@ -4,7 +4,9 @@ Not a test: run it by hand, ``python tests/measure_concurrency.py [DUELS]
 [LATENCY_S]``. Four policies behind :class:`fake_openai.FakeOpenAIServer` (one
 better), the support checklist judge, the same seed and budget at both levels;
 it prints, per level, the status, duels counted, duels counted when the decision
-was taken, and wall time (the first seconds are the client's start-up).
+was taken, and wall time (the first seconds are the client's start-up). The
+default budget of 3000 duels is far above what the stopping rule needs, so both
+levels end decided and their duel counts can be compared.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def experiment(folder: Path, base_url: str, concurrency: int, duels: int) -> Pat
     return path
 
 
-def main(duels: int = 256, latency_s: float = 0.2) -> None:
+def main(duels: int = 3000, latency_s: float = 0.2) -> None:
     folder = Path(tempfile.mkdtemp(prefix="llmpo-concurrency-"))
     with FakeOpenAIServer(latency_s=latency_s, good_rate=0.7, bad_rate=0.4) as fake:
         for concurrency in (1, 16):
