@@ -1,5 +1,7 @@
 """Bradley-Terry fits, the convex program and the exact bound of the structured space."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize
@@ -15,7 +17,8 @@ from llmpo.stats.structured_bound import (
     structured_lower_bound,
 )
 
-PUBLIC = "/work/shared/instances/public.json"
+# The benchmark suite lives in shared/, beside the checkout (CI lays it there too).
+PUBLIC = Path(__file__).resolve().parents[2] / "shared" / "instances" / "public.json"
 
 
 def _data(seed, k=6, d=3, ridge_free=False):
