@@ -1,4 +1,4 @@
-"""Bradley-Terry fits, the convex program and the exact bound of the structured space."""
+"""Bradley-Terry fits, the convex program and the exact structured bound."""
 
 from pathlib import Path
 
