@@ -80,10 +80,10 @@ class FakeOpenAIServer:
                 request = json.loads(self.rfile.read(length) or b"{}")
                 # Logged on arrival: a request whose client is killed while it
                 # waits was still asked for.
-                reply = server.completion(request)
+                status, reply = server.respond(request, self.headers)
                 time.sleep(server.latency_s)
                 try:
-                    self._send(200, reply)
+                    self._send(status, reply)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
@@ -102,6 +102,11 @@ class FakeOpenAIServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def respond(self, request: dict, headers) -> tuple[int, dict]:
+        """HTTP status and JSON body answering ``request``; subclasses that
+        answer some requests with errors override this."""
+        return 200, self.completion(request)
 
     def completion(self, request: dict) -> dict:
         """The canned completion answering ``request``."""

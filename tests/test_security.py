@@ -17,8 +17,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -120,71 +118,39 @@ SECRET = "sk-test-DO-NOT-LEAK-1234"
 SECRET_VARIABLE = "LLMPO_TEST_SECRET_KEY"
 
 
-class KeyEchoingServer:
-    """An OpenAI-compatible server that echoes the caller's key in its errors.
+class KeyEchoingServer(JudgingFakeServer):
+    """The judging fake, echoing the caller's key in its errors.
 
     Some hosted APIs quote the key in an error body ("Incorrect API key
     provided: sk-..."). Every fifth request gets a 429 quoting the whole
     ``Authorization`` header (retried by the backend), every seventeenth a 401
     quoting the key (the duel fails, its reason is stored); the rest are
-    answered by ``upstream.completion``.
+    answered as by :class:`JudgingFakeServer`.
     """
 
-    def __init__(self, upstream: JudgingFakeServer):
-        self.upstream = upstream
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.authorizations: list[str] = []
         self.echoed = 0
-        self._lock = threading.Lock()
-        owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                authorization = self.headers.get("Authorization", "")
-                with owner._lock:
-                    owner.authorizations.append(authorization)
-                    number = len(owner.authorizations)
-                key = authorization.removeprefix("Bearer ")
-                if number % 5 == 2:
-                    status, message = 429, f"Rate limit reached for {authorization}"
-                elif number % 17 == 9:
-                    status, message = 401, (
-                        f"Incorrect API key provided: {key}. You can find your API "
-                        "key in your account settings."
-                    )
-                else:
-                    status, message = 200, None
-                if message is None:
-                    payload = upstream.completion(json.loads(body))
-                else:
-                    with owner._lock:
-                        owner.echoed += 1
-                    payload = {"error": {"message": message, "type": "test",
-                                         "code": status}}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-
-    def __enter__(self) -> KeyEchoingServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def respond(self, request: dict, headers) -> tuple[int, dict]:
+        authorization = headers.get("Authorization", "")
+        with self._lock:
+            self.authorizations.append(authorization)
+            number = len(self.authorizations)
+        key = authorization.removeprefix("Bearer ")
+        if number % 5 == 2:
+            status, message = 429, f"Rate limit reached for {authorization}"
+        elif number % 17 == 9:
+            status, message = 401, (
+                f"Incorrect API key provided: {key}. You can find your API "
+                "key in your account settings."
+            )
+        else:
+            return super().respond(request, headers)
+        with self._lock:
+            self.echoed += 1
+        return status, {"error": {"message": message, "type": "test", "code": status}}
 
 
 def leaks(data: bytes) -> list[str]:
@@ -231,7 +197,7 @@ def test_api_key_appears_in_no_file_a_run_leaves_only_its_variable_name(
             assert not leaks(data), "API key in the write-ahead log"
             wal_seen.append(len(data))
 
-    with JudgingFakeServer(latency_s=0.0) as fake, KeyEchoingServer(fake) as server:
+    with KeyEchoingServer(latency_s=0.0) as server:
         policies = [
             {"name": name, "backend": "openai", "model": "fake",
              "base_url": server.base_url, "api_key_env": SECRET_VARIABLE,
