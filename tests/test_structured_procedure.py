@@ -27,31 +27,75 @@ def _run(instance, procedure, rng, batch=4, cap=20000):
     return procedure.decision()
 
 
-def test_universal_inference_evidence_rarely_crosses_under_a_tied_null():
-    # x_0 and x_1 tied under theta: H_01 holds; Ville bounds the crossing rate.
-    features = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.5, -0.5]])
-    theta = np.array([0.8, 0.8])
-    instance = bt_instance(features, theta)
-    alpha, runs, duels = 0.1, 100, 120
+def test_mixture_lower_bound_is_below_the_integral_and_close_to_it():
+    from scipy import integrate
+
+    rng = np.random.default_rng(0)
+    diffs = rng.normal(size=(4, 2)) * 0.4
+    counts = rng.integers(5, 40, 4).astype(float)
+    sums = np.round(counts * (0.4 + 0.2 * rng.random(4)) * 2) / 2
+    start = bt.fit(diffs, counts, sums, ridge=1.0)
+    rhos = np.array([0.25, 1.0, 4.0])
+    bounds = bt.log_mixture_lower_bounds(start, diffs, counts, sums, rhos)
+    for rho, bound in zip(rhos, bounds):
+        def density(y, x, rho=rho, bound=bound):
+            point = np.array([x, y])
+            return np.exp(bt.log_likelihood(point, diffs, counts, sums) - bound
+                          - 0.5 * rho * point @ point) * rho / (2 * np.pi)
+
+        exact = math.log(integrate.dblquad(density, -10, 10, -10, 10)[0])
+        assert 0.0 <= exact < 0.1  # ln(integral) - bound
+
+
+_FOUR = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.5, -0.5]])
+
+
+def _crossings(theta, alpha, runs, duels, log_denominator):
+    """Runs of ``duels`` random duels of the four policies ``_FOUR`` in which the
+    guaranteed numerator over ``log_denominator(diffs, counts, sums)`` reaches
+    ``1/alpha`` (checked every other duel)."""
+    instance = bt_instance(_FOUR, theta)
     a, b = pairs(4)
-    direction = features[0] - features[1]
     crossings = 0
     for seed in range(runs):
         rng = np.random.default_rng(seed)
-        evidence = StructuredEvidence(features, alpha, "guaranteed", 1.0)
+        evidence = StructuredEvidence(_FOUR, alpha, "guaranteed", 1.0)
         for step in range(duels):
             pair = int(rng.integers(a.size))
             evidence.record(pair, instance.duel(a[pair], b[pair], rng))
-            if step % 4 == 3:
-                diffs, counts, sums = evidence._data()
-                null = bt.fit_halfspace(diffs, counts, sums, direction, ridge=1e-6)
-                log_e = evidence.numerator - bt.log_likelihood(null, diffs, counts, sums)
+            if step % 2 == 1:
+                evidence.refit()
+                log_e = evidence.log_numerator() - log_denominator(*evidence._data())
                 if log_e >= math.log(1 / alpha):
                     crossings += 1
                     break
+    return crossings
+
+
+def test_mixture_evidence_against_the_true_theta_rarely_crosses():
+    # M_n / L_n(theta) is a martingale under theta; Ville bounds the rate at which
+    # the lower bound on it ever reaches 1/alpha. (With the ln det price of the
+    # mixture left out, 136 of these 150 runs cross.)
+    theta = np.array([0.3, -0.2])
+    alpha, runs = 0.2, 150
+    crossings = _crossings(theta, alpha, runs, 200,
+                           lambda *data: bt.log_likelihood(theta, *data))
+    # P(Binomial(150, 0.2) > limit) < 0.005: a valid e-process fails this rarely.
+    assert crossings <= int(binom.ppf(0.995, runs, alpha))
+
+
+def test_evidence_against_a_tied_null_rarely_crosses():
+    # x_0 and x_1 tied under theta: H_01 holds; Ville bounds the crossing rate.
+    direction = _FOUR[0] - _FOUR[1]
+
+    def null_maximum(diffs, counts, sums):
+        null = bt.fit_halfspace(diffs, counts, sums, direction, ridge=1e-6)
+        return bt.log_likelihood(null, diffs, counts, sums)
+
+    alpha, runs = 0.1, 100
+    crossings = _crossings(np.array([0.8, 0.8]), alpha, runs, 120, null_maximum)
     # P(Binomial(100, 0.1) > limit) < 0.005: a valid e-process fails this rarely.
-    limit = int(binom.ppf(0.995, runs, alpha))
-    assert crossings <= limit
+    assert crossings <= int(binom.ppf(0.995, runs, alpha))
 
 
 def test_structured_llmpo_is_delta_correct_on_a_small_instance():

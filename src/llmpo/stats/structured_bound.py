@@ -130,14 +130,19 @@ def structured_lower_bound(
     cuts = np.vstack([cuts, more])
     if value > lower:
         lower, best_w = value, uniform
+    # The optimum puts weight on few pairs; the linear programs run over a
+    # working set of pairs that grows by column generation (_master), so their
+    # size does not grow with the K (K - 1) / 2 pairs.
+    working = np.union1d(np.flatnonzero(start > 1e-6),
+                         np.argsort(-cuts.max(axis=0))[: 2 * diffs.shape[1]])
 
     upper = np.inf
     for _ in range(max_iter):
-        upper, _ = _cutting_plane(cuts)
+        upper, working = _master(cuts, working)
         if upper - lower <= tolerance * lower:
             break
         level = lower + 0.5 * (upper - lower)
-        candidate = _level_projection(cuts, best_w, level)
+        candidate = _level_projection(cuts, best_w, level, working)
         value, more = evaluate(candidate)
         cuts = np.vstack([cuts, more])
         if value > lower:
@@ -200,7 +205,12 @@ def _kl(p, q):
 
 
 def _cutting_plane(cuts):
-    """``max t s.t. t <= cut_k^T w, w`` in the simplex; returns ``(t, w)``."""
+    """``max t s.t. t <= cut_k^T w, w`` in the simplex.
+
+    Returns ``(t, w, mu)``: the value, the proportions and the multipliers of
+    the cuts (``mu >= 0``, summing to 1), so that ``t = max_ab (mu^T cuts)_ab``
+    over the pairs the program was given.
+    """
     n_cuts, n_pairs = cuts.shape
     cost = np.zeros(n_pairs + 1)
     cost[-1] = -1.0
@@ -210,14 +220,48 @@ def _cutting_plane(cuts):
         cost, A_ub=a_ub, b_ub=np.zeros(n_cuts), A_eq=a_eq, b_eq=[1.0],
         bounds=[(0, None)] * n_pairs + [(None, None)], method="highs",
     )
-    return float(result.x[-1]), result.x[:-1]
+    mu = np.clip(-np.asarray(result.ineqlin.marginals, dtype=float), 0.0, None)
+    mu = mu / mu.sum() if mu.sum() > 0 else np.full(n_cuts, 1.0 / n_cuts)
+    return float(result.x[-1]), result.x[:-1], mu
 
 
-def _level_projection(cuts, center, level):
-    """Closest ``w`` to ``center`` in L1 with ``cut_k^T w >= level`` for all ``k``.
+def _master(cuts, working, *, slack: float = 1e-9):
+    """Value of the cutting-plane program over all pairs, by column generation.
 
-    Variables ``w`` and ``e >= |w - center|``; a linear program.
+    Solves the program on the pairs ``working``; by duality its value is
+    ``min_mu max_ab (mu^T cuts)_ab``, so the multipliers price every pair, and
+    the pairs priced above the value join the working set until none is.
+
+    Returns
+    -------
+    value : float
+        The program's value over all pairs (an upper bound on the max-min).
+    working : ndarray
+        The working set, grown as needed.
     """
+    working = np.asarray(working, dtype=np.int64)
+    batch = max(8, working.size // 4)
+    while True:
+        value, _, mu = _cutting_plane(cuts[:, working])
+        prices = mu @ cuts
+        prices[working] = -np.inf
+        fresh = np.flatnonzero(prices > value * (1.0 + slack) + 1e-300)
+        if fresh.size == 0:
+            return value, working
+        fresh = fresh[np.argsort(-prices[fresh])[:batch]]
+        working = np.union1d(working, fresh)
+
+
+def _level_projection(cuts, center, level, working):
+    """Closest ``w`` to ``center`` in L1, supported on ``working``, with
+    ``cut_k^T w >= level`` for all ``k``.
+
+    Variables ``w`` and ``e >= |w - center|`` on the working set (the weight of
+    ``center`` outside it counts as a fixed distance); a linear program.
+    """
+    cuts = cuts[:, working]
+    center_full = center
+    center = center_full[working]
     n_cuts, n_pairs = cuts.shape
     cost = np.concatenate([np.zeros(n_pairs), np.ones(n_pairs)])
     eye = sparse.identity(n_pairs, format="csr")
@@ -232,7 +276,9 @@ def _level_projection(cuts, center, level):
         cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=[1.0],
         bounds=[(0, None)] * (2 * n_pairs), method="highs",
     )
+    full = np.zeros(center_full.size)
     if result.status != 0:
-        return _cutting_plane(cuts)[1]
-    weights = np.clip(result.x[:n_pairs], 0.0, None)
-    return weights / weights.sum()
+        full[working] = _cutting_plane(cuts)[1]
+    else:
+        full[working] = np.clip(result.x[:n_pairs], 0.0, None)
+    return full / full.sum()
