@@ -210,3 +210,39 @@ def test_baselines_refuse_bad_parameters():
         Elimination(1, 0.1)
     with pytest.raises(InputError, match="winner"):
         Oracle(4, 0.1, winner=None)
+
+
+def hidden_winner_state(challenge_every):
+    """Four policies, the leader 1 ahead of 0 by a hair over 200 duels, while 0's
+    only refutation is four early losses in five to 3; no pair is forced."""
+    procedure = LLMPO(4, 0.01, seed=0, challenge_every=challenge_every)
+    record = {(1, 0): (200, 104), (3, 0): (5, 4), (1, 2): (50, 40),
+              (1, 3): (50, 40), (0, 2): (10, 8), (2, 3): (10, 5)}
+    for (i, j), (n, wins) in record.items():
+        for duel in range(n):
+            procedure.record(i, j, 1.0 if duel < wins else 0.0)
+    return procedure
+
+
+def test_the_challenger_step_retests_the_early_losses_of_a_hidden_winner():
+    procedure = hidden_winner_state(challenge_every=1)
+    assert procedure.leader() == 1
+    assert procedure.propose(1) == [(0, 3)]
+    # Tracking alone duels the leader's weakest pair and never meets policy 3.
+    assert hidden_winner_state(challenge_every=0).propose(1) == [(0, 1)]
+
+
+def test_a_challenger_refuted_at_the_threshold_is_not_dueled_again():
+    procedure = LLMPO(3, 0.01, seed=0, challenge_every=1)
+    for _ in range(60):
+        procedure.record(0, 1, 1.0)
+        procedure.record(0, 2, 1.0)
+    procedure.record(1, 2, 1.0)
+    assert procedure.leader() == 0
+    assert procedure._challenger_pair(0) is None
+
+
+@pytest.mark.parametrize("value", [-1, 1.5])
+def test_a_bad_challenge_period_is_refused(value):
+    with pytest.raises(InputError, match="challenge_every"):
+        LLMPO(3, 0.1, challenge_every=value)
