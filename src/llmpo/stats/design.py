@@ -30,6 +30,9 @@ from llmpo.stats.pairs import pairs
 logger = logging.getLogger(__name__)
 
 _GAP_FLOOR = 1e-9
+# Alternatives whose ratio is at least this share of the largest enter the
+# restricted solves of the program.
+_BINDING = 0.5
 
 
 def program_inputs(features, theta, leader: int | None = None):
@@ -160,14 +163,23 @@ def solve_program(
         weights = None
 
     value = np.inf
+    # The restricted solves keep only the alternatives whose ratio is near the
+    # largest (SLSQP is cubic in its constraints; K - 1 = 199 of them for
+    # K = 200); the others come back when the full ratios show them binding.
+    if weights is not None:
+        ratios = _ratios(_spread(active, weights, n_pairs), diffs, slopes, scaled,
+                         gamma)
+    binding = ratios >= _BINDING * ratios.max()
     for _ in range(max_rounds):
-        weights, value, pi = _restricted(
-            diffs[active], slopes[active], scaled, gamma, weights
+        weights, value, pi_binding = _restricted(
+            diffs[active], slopes[active], scaled[binding], gamma, weights
         )
-        full = np.zeros(n_pairs)
-        full[active] = weights
+        pi = np.zeros(scaled.shape[0])
+        pi[binding] = pi_binding
+        full = _spread(active, weights, n_pairs)
         scores = _scores(full, diffs, slopes, scaled, gamma, pi)
         ratios = _ratios(full, diffs, slopes, scaled, gamma)
+        binding |= ratios >= _BINDING * ratios.max()
         value = float(ratios.max())
         lower = float(pi @ ratios) - float(scores.max()) + float(full @ scores)
         if value - lower <= tolerance * value:
@@ -180,8 +192,7 @@ def solve_program(
         weights = np.concatenate([weights, np.zeros(fresh.size)])
     else:
         logger.debug("program: gap not closed after %d rounds", max_rounds)
-    full = np.zeros(n_pairs)
-    full[active] = weights
+    full = _spread(active, weights, n_pairs)
     return value, full / full.sum()
 
 
@@ -296,6 +307,12 @@ def _check(diffs, slopes, directions, gaps, gamma):
     basis = basis[: max(rank, 1)]
     scaled = (directions / gaps[:, None]) @ basis.T
     return diffs @ basis.T, slopes, scaled, float(gamma)
+
+
+def _spread(active, weights, n_pairs):
+    full = np.zeros(n_pairs)
+    full[active] = weights
+    return full
 
 
 def _ratios(weights, diffs, slopes, scaled, gamma):

@@ -41,8 +41,11 @@ _REFIT_GROWTH = 1.05
 # Precisions of the Gaussian priors the guaranteed rule mixes over, with equal
 # weights: a scale-free choice that costs ln(13) nats against the best of them.
 _PRIOR_PRECISIONS = 2.0 ** np.arange(-6, 7)
-# Re-solve the program when the sample grows by this factor (or the leader moves).
+# Re-solve the program when the sample grows by this factor, or by the second
+# when the leader has moved (a leader that flips back and forth early on would
+# otherwise cost a solve per flip).
 _SOLVE_GROWTH = 1.5
+_LEADER_GROWTH = 1.1
 
 
 class StructuredEvidence:
@@ -332,8 +335,9 @@ class StructuredLLMPO(_StructuredProcedure):
     regularised convex program (:func:`llmpo.stats.design.solve_program`) at the
     ridge MLE, with forced exploration of the spanning design (a pair of it is
     forced when its count falls below ``sqrt(t) - size / 2``). The program is
-    re-solved lazily, when the leader changes or the sample has grown by half
-    since the last solve; the proportions lag the estimate by up to that much.
+    re-solved lazily, when the leader changes and the sample has grown by a
+    tenth, or the sample has grown by half since the last solve; the
+    proportions lag the estimate by up to that much.
     Pending duels count as done. Evidence and stopping: :class:`StructuredEvidence`.
 
     Parameters
@@ -385,9 +389,8 @@ class StructuredLLMPO(_StructuredProcedure):
         evidence.refit()
         leader = evidence.leader()
         last_leader, last_t = self._solved_at
-        if self._weights is not None and leader == last_leader and t < (
-            _SOLVE_GROWTH * last_t
-        ):
+        growth = _SOLVE_GROWTH if leader == last_leader else _LEADER_GROWTH
+        if self._weights is not None and t < growth * last_t:
             return
         coords, theta = evidence.coords, evidence.theta
         p = expit(evidence.diffs @ theta)
