@@ -72,6 +72,24 @@ def test_bench_reports_every_cell_as_json(instances_file, tmp_path):
     assert "easy-3" in result.output
 
 
+def test_structured_methods_run_a_matrix_instance_as_plain_bradley_terry(
+    instances_file, tmp_path
+):
+    out = tmp_path / "bench.json"
+    result = runner.invoke(app, [
+        "bench", "--instances", str(instances_file), "--only", "easy-3,bt-3",
+        "--methods", "llmpo-structured", "--delta", "0.1", "--runs", "3",
+        "--seed", "3", "--budget", "3000", "--workers", "1", "--json", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    records = {r["instance"]: r for r in json.loads(out.read_text())}
+    # easy-3 has no features: one-hot, the model may be wrong, so no bound.
+    assert records["easy-3"]["lower_bound"] is None
+    assert records["easy-3"]["undecided_rate"] < 1.0
+    assert records["bt-3"]["lower_bound"] > 0
+    assert "one-hot" in " ".join(result.output.split())
+
+
 def test_bench_is_reproducible_for_a_seed(instances_file, tmp_path):
     outputs = []
     for workers in ("1", "2"):

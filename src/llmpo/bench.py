@@ -175,11 +175,6 @@ def run_bench(
         raise InputError(f"--budget: got {budget}, expected an integer >= 1")
     for name in method_names:
         for instance in instances:
-            if name in STRUCTURED and instance.features is None:
-                raise InputError(
-                    f"--methods {name}: instance {instance.name!r} has no policy "
-                    "features; keep structured methods to 'bt' instances (--only)"
-                )
             if name == "oracle" and instance.condorcet_winner is None:
                 raise InputError(
                     f"--methods oracle: instance {instance.name!r} has no Condorcet "

@@ -140,6 +140,7 @@ def bench(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from llmpo.bench import TABLE_COLUMNS, format_table, run_bench
+    from llmpo.stats.methods import STRUCTURED
     from llmpo.stats.instances import load_instances
 
     try:
@@ -182,6 +183,15 @@ def bench(
             "llmpo-structured-glr is the practical rule: the generalized likelihood "
             "ratio against ln((1 + ln t)/δ). It carries no proof; its error rate "
             "above is an empirical check.", highlight=False)
+    if any(name in STRUCTURED for name in method_names) and any(
+        instance.features is None for instance in loaded
+    ):
+        console.print(
+            "Structured methods model a 'matrix' instance as plain Bradley-Terry "
+            "(one-hot features). Where its preferences are not Bradley-Terry the "
+            "model is wrong: the guarantee then says nothing, the error rate is "
+            "counted against the Condorcet winner, and there is no lower bound.",
+            highlight=False)
     if json_out is not None:
         json_out.write_text(json.dumps([c.to_record() for c in cells], indent=1))
         console.print(f"JSON written to {json_out}")

@@ -38,12 +38,12 @@ UNSTRUCTURED: dict[str, Factory] = {
 }
 
 
-def _needs_features(instance: Instance, method: str) -> np.ndarray:
+def structured_features(instance: Instance) -> np.ndarray:
+    """The features structured methods model ``instance`` with: its own for a
+    ``bt`` instance, one-hot (plain Bradley-Terry) for a ``matrix`` instance,
+    whose preferences need not follow that model."""
     if instance.features is None:
-        raise InputError(
-            f"method {method!r} on instance {instance.name!r}: it has no policy "
-            "features, expected a 'bt' instance"
-        )
+        return np.eye(instance.n_policies)
     return instance.features
 
 
@@ -51,7 +51,7 @@ def _structured(method: str, rule: str) -> Factory:
     def factory(instance: Instance, delta: float, seed: int) -> Procedure:
         from llmpo.stats.structured import StructuredLLMPO
 
-        return StructuredLLMPO(_needs_features(instance, method), delta, rule=rule,
+        return StructuredLLMPO(structured_features(instance), delta, rule=rule,
                                seed=seed)
 
     return factory
@@ -60,7 +60,7 @@ def _structured(method: str, rule: str) -> Factory:
 def _g_optimal(instance: Instance, delta: float, seed: int) -> Procedure:
     from llmpo.stats.structured import GOptimalDesign
 
-    return GOptimalDesign(_needs_features(instance, "g-optimal"), delta, seed=seed)
+    return GOptimalDesign(structured_features(instance), delta, seed=seed)
 
 
 STRUCTURED: dict[str, Factory] = {
