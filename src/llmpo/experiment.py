@@ -620,8 +620,9 @@ class Experiment(_Strict):
         ``verify`` (certify the Condorcet winner), ``assume-winner`` (assume one
         exists) or ``structured`` (Bradley-Terry on policy features).
     evidence : str
-        Stopping rule of the structured space: ``guaranteed`` (sequential
-        universal inference, valid when the model holds) or ``glr`` (the
+        Stopping rule of the structured space: ``guaranteed`` (a mixture
+        likelihood over the best fit of each alternative, valid when the model
+        holds) or ``glr`` (the
         generalized likelihood ratio against ``ln((1 + ln t)/delta)``, a
         heuristic threshold that carries no proof).
     budget : Budget

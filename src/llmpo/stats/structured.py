@@ -2,8 +2,9 @@
 
 ``p_ij = sigma(theta^T (x_i - x_j))`` with unknown ``theta``; the best policy is
 ``argmax theta^T x_i`` (MATH.md sections 3-5). This module holds the evidence
-(sequential universal inference against the nulls ``H_ij : theta^T (x_i - x_j) <=
-0``, or a generalized likelihood ratio with a heuristic threshold), the adaptive
+(a Gaussian-mixture likelihood over the best fit of each null ``H_ij :
+theta^T (x_i - x_j) <= 0``, or a generalized likelihood ratio with a heuristic
+threshold), the adaptive
 procedure :class:`StructuredLLMPO` (tracking of the convex program's
 proportions), and the fixed-design baseline :class:`GOptimalDesign` that shares
 its evidence.
