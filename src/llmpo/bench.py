@@ -22,7 +22,6 @@ from llmpo.errors import InputError
 from llmpo.stats.instances import Instance
 from llmpo.stats.divergence import kl_delta
 from llmpo.stats.methods import (
-    STRUCTURED,
     bound_family,
     make_procedure,
     methods,

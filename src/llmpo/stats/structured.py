@@ -4,10 +4,9 @@
 ``argmax theta^T x_i`` (MATH.md sections 3-5). This module holds the evidence
 (a Gaussian-mixture likelihood over the best fit of each null ``H_ij :
 theta^T (x_i - x_j) <= 0``, or a generalized likelihood ratio with a heuristic
-threshold), the adaptive
-procedure :class:`StructuredLLMPO` (tracking of the convex program's
-proportions), and the fixed-design baseline :class:`GOptimalDesign` that shares
-its evidence.
+threshold), the adaptive procedure :class:`StructuredLLMPO` (tracking of the
+convex program's proportions), and the fixed-design baseline
+:class:`GOptimalDesign` that shares its evidence.
 
 All computations run in coordinates of the span of the feature differences:
 only differences enter the likelihood, and directions outside their span carry
@@ -37,7 +36,8 @@ RULES = ("guaranteed", "glr")
 # next to the threshold, large enough to keep Newton's method well posed when
 # the data separate.
 _NULL_RIDGE = 1e-6
-# Refit the plug-in at least whenever the sample grows by this factor.
+# Refit the estimate (leader, proportions, expansion point of the mixture
+# bound) at least whenever the sample grows by this factor.
 _REFIT_GROWTH = 1.05
 # Precisions of the Gaussian priors the guaranteed rule mixes over, with equal
 # weights: a scale-free choice that costs ln(13) nats against the best of them.
