@@ -131,6 +131,55 @@ def test_structured_llmpo_names_the_best_policy_with_a_p_value_below_delta(rule)
     assert weights is not None and abs(weights.sum() - 1) < 1e-9
 
 
+def _feed(instance, procedure, n, rng):
+    """Propose and record ``n`` duels one at a time, whatever the stopping rule."""
+    for _ in range(n):
+        (a, b), = procedure.propose(1)
+        procedure.record(a, b, instance.duel(a, b, rng))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sampling_counts_reach_the_programs_optimum(seed):
+    from llmpo.stats.design import program_inputs, program_objective, solve_program
+
+    rng = np.random.default_rng(11 + seed)
+    features = rng.normal(size=(6, 3))
+    theta = np.array([1.0, -0.5, 0.3])
+    instance = bt_instance(features, theta)
+    # A delta this small never stops within the duels fed.
+    procedure = StructuredLLMPO(features, 1e-300, seed=seed)
+    n = 3000
+    _feed(instance, procedure, n, np.random.default_rng(100 + seed))
+    program = program_inputs(features, theta)
+    optimum, _ = solve_program(*program, gamma=1.0 / n, tolerance=1e-4)
+    reached = program_objective(procedure.evidence.counts / n, *program, gamma=1.0 / n)
+    uniform = program_objective(np.full(15, 1 / 15), *program, gamma=1.0 / n)
+    assert uniform > 2.0 * optimum  # the instance tells a good design from a poor one
+    assert reached <= 1.2 * optimum
+
+
+def test_pairs_with_the_same_difference_share_their_duels():
+    # Two factors, of 2 and 3 levels, one-hot: several pairs differ by the same z.
+    levels = [(a, b) for a in range(2) for b in range(3)]
+    features = np.array(
+        [[a == 0, a == 1, b == 0, b == 1, b == 2] for a, b in levels], dtype=float
+    )
+    instance = bt_instance(features, np.array([0.3, 0.0, 0.4, 0.1, 0.0]))
+    procedure = StructuredLLMPO(features, 1e-300, seed=0)
+    _feed(instance, procedure, 2000, np.random.default_rng(5))
+    first, second = pairs(6)
+    groups: dict[tuple, list[int]] = {}
+    for pair, z in enumerate(features[first] - features[second]):
+        key = max(tuple(z + 0.0), tuple(-z + 0.0))
+        groups.setdefault(key, []).append(pair)
+    # Groups dueled well above the forced exploration of the spanning design.
+    shared = [procedure.evidence.counts[g] for g in groups.values() if len(g) > 1]
+    shared = [counts for counts in shared if counts.sum() > 100 * counts.size]
+    assert shared
+    for counts in shared:
+        assert counts.max() - counts.min() <= 1
+
+
 @pytest.mark.parametrize("design", ["g-optimal", "uniform"])
 def test_fixed_design_baseline_stops_on_the_best_policy(design):
     rng = np.random.default_rng(4)

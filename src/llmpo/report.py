@@ -312,7 +312,7 @@ def _proportions(
     if proportions is None:
         return None, (
             "The optimal proportions are not drawn: the structured procedure "
-            "computes them only when it proposes duels, and a replay proposes none."
+            "computes them from recorded duels, and there are none yet."
             if space == "structured" else
             "The optimal proportions are not drawn: the procedure has none."
         )
