@@ -246,3 +246,34 @@ def test_a_challenger_refuted_at_the_threshold_is_not_dueled_again():
 def test_a_bad_challenge_period_is_refused(value):
     with pytest.raises(InputError, match="challenge_every"):
         LLMPO(3, 0.1, challenge_every=value)
+
+
+def new_leader_state(forcing_clock):
+    """Four policies: 1 led through 40 duels with 2, then 0 took the lead in its
+    last few duels; its pairs hold 6, 3 and 1 duels, short of sqrt(t) - 3/2."""
+    procedure = LLMPO(4, 0.01, seed=0, challenge_every=0, forcing_clock=forcing_clock)
+    for duel in range(40):
+        procedure.record(1, 2, 1.0 if duel % 5 < 3 else 0.0)
+    for i, j, outcome in [(1, 3, 1), (1, 3, 1), (2, 3, 1), (2, 3, 0), (0, 3, 1),
+                          (0, 2, 1), (0, 2, 1), (0, 2, 1), (0, 1, 0), (0, 1, 0),
+                          (0, 1, 1), (0, 1, 1), (0, 1, 1), (0, 1, 1)]:
+        procedure.record(i, j, float(outcome))
+    return procedure
+
+
+def test_a_new_leader_is_forced_on_its_own_tenure_not_on_every_duel():
+    procedure = new_leader_state("tenure")
+    assert procedure.leader() == 0
+    assert procedure._tenure[0] == 6 and procedure._tenure.sum() == procedure.n_duels
+    # sqrt(6) - 3/2 < 1: nothing lags, so the tracking duels the leader's
+    # weakest pair, the one it leads 4-2.
+    assert procedure.propose(1) == [(0, 1)]
+    # Counting every duel (sqrt(54) - 3/2 ~ 5.9) forces its least dueled pair.
+    assert new_leader_state("duels").propose(1) == [(0, 3)]
+
+
+def test_the_forcing_clock_defaults_by_mode_and_refuses_unknown_names():
+    assert LLMPO(3, 0.1).forcing_clock == "tenure"
+    assert LLMPO(3, 0.1, "assume-winner").forcing_clock == "duels"
+    with pytest.raises(InputError, match="forcing_clock"):
+        LLMPO(3, 0.1, forcing_clock="wall")

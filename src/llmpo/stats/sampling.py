@@ -305,10 +305,23 @@ class LLMPO(PairwiseProcedure):
         duels a pure tracking rule spends on pairs that are already settled.
     forcing : {"sparse", "all"}
         ``"all"`` is textbook D-tracking: every pair with ``N < sqrt(t) - M/2``
-        is forced. ``"sparse"`` forces the leader's pairs at that rate (the only
-        pairs that can change the leader or ``w*`` while the leader is an
-        empirical Condorcet winner) and all pairs at the slower rate
+        is forced. ``"sparse"`` forces the leader's pairs at the rate
+        ``sqrt(s) - (K-1)/2`` (the only pairs that can change the leader or
+        ``w*`` while the leader is an empirical Condorcet winner; ``s`` is set
+        by ``forcing_clock``) and all pairs at the slower rate
         ``t^(1/3) - M/2``, which keeps every estimate consistent.
+    forcing_clock : {"tenure", "duels"}, optional
+        The clock ``s`` of the sparse forcing of the leader's pairs.
+        ``"duels"``: ``s = t``, every duel so far. ``"tenure"``: ``s`` is the
+        number of duels recorded while the current leader led (summed over all
+        its spells in the lead). With ``"duels"``, a policy that takes the lead
+        late has all its ``K - 1`` pairs forced up to ``sqrt(t) - (K-1)/2``
+        duels at once, most of them against weak rivals, before any tracking or
+        challenger duel; when that leader is wrong, those duels count for
+        nothing. The true winner leads for all but a finite stretch of a run,
+        so its tenure grows like ``t`` and its pairs are still forced at rate
+        ``sqrt(t)`` in the end. Default ``"tenure"`` in ``verify`` and
+        ``"duels"`` in ``assume-winner``, where it has not been measured.
     challenge_every : int, optional
         Every ``challenge_every``-th duel past the start and the forcing tests
         the most credible challenger instead of tracking (see
@@ -339,6 +352,7 @@ class LLMPO(PairwiseProcedure):
         forcing: str = "sparse",
         rule: str = "evidence",
         challenge_every: int | None = None,
+        forcing_clock: str | None = None,
     ):
         super().__init__(n_policies, delta, mode)
         if rule not in ("evidence", "tracking"):
@@ -356,6 +370,15 @@ class LLMPO(PairwiseProcedure):
             raise InputError(f"forcing: got {forcing!r}, expected 'sparse' or 'all'")
         self.skip_certified = skip_certified
         self.forcing = forcing
+        if forcing_clock is None:
+            forcing_clock = "tenure" if self.mode == "verify" else "duels"
+        if forcing_clock not in ("tenure", "duels"):
+            raise InputError(
+                f"forcing_clock: got {forcing_clock!r}, expected 'tenure' or 'duels'"
+            )
+        self.forcing_clock = forcing_clock
+        # Duels recorded while each policy led: the clock of the sparse forcing.
+        self._tenure = np.zeros(self.n_policies)
         k, m = self.n_policies, self.first.size
         rng = np.random.default_rng(seed)
         if m <= 4 * k:
@@ -379,7 +402,8 @@ class LLMPO(PairwiseProcedure):
             below = np.flatnonzero(n < math.sqrt(t) - self._half_pairs)
             if below.size:
                 return int(below[np.argmin(n[below])])
-        pair, winners, rivals, level = self._targets(self.leader())
+        leader = self.leader()
+        pair, winners, rivals, level = self._targets(leader)
         open_ = level < self.log_threshold
         if self.mode == "verify":
             open_ &= self.evidence[rivals, winners] < self.log_threshold
@@ -391,7 +415,8 @@ class LLMPO(PairwiseProcedure):
             pair[open_], winners[open_], rivals[open_], level[open_]
         )
         if self.forcing == "sparse":
-            lagging = n[pair] < math.sqrt(t) - self._half_rivals
+            clock = self._tenure[leader] if self.forcing_clock == "tenure" else t
+            lagging = n[pair] < math.sqrt(clock) - self._half_rivals
             if lagging.any():
                 candidates = pair[lagging]
                 return int(candidates[np.argmin(n[candidates])])
@@ -403,7 +428,7 @@ class LLMPO(PairwiseProcedure):
         if self.challenge_every:
             self._tracking_steps += 1
             if self._tracking_steps % self.challenge_every == 0:
-                duel = self._challenger_pair(self.leader())
+                duel = self._challenger_pair(leader)
                 if duel is not None:
                     return duel
         gain = np.maximum(
@@ -424,6 +449,10 @@ class LLMPO(PairwiseProcedure):
         w = (1.0 / gain) / (1.0 / gain).sum()
         gap = (n[pair].sum() + 1.0) * w - n[pair]
         return int(pair[np.argmax(gap)])
+
+    def _after_record(self, i: int, j: int) -> None:
+        if self.forcing_clock == "tenure":
+            self._tenure[self.leader()] += 1.0
 
     def _challenger_pair(self, leader: int) -> int | None:
         """The duel that tests the most credible challenger of ``leader``, or
