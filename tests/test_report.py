@@ -22,10 +22,12 @@ from llmpo.experiment import Experiment
 from llmpo.report import (
     PLOT_FILES,
     REPORT_FILE,
+    _gather,
     default_report_dir,
     guarantee,
     write_report,
 )
+from llmpo.runner import build_procedure
 from llmpo.stats.instances import bt_instance, matrix_instance
 from llmpo.stats.sampling import LLMPO
 from llmpo.store import RunStore
@@ -335,6 +337,23 @@ def test_structured_run_is_replayed_under_its_model(tmp_path):
     assert "UNDECIDED" in text
     imread(page.parent / PLOT_FILES["evidence"])
     imread(page.parent / PLOT_FILES["wins"])
+
+
+def test_structured_evidence_curve_is_read_at_settled_bounds(tmp_path):
+    path = build_structured_run(tmp_path / "structured.sqlite")
+    with RunStore.open(path) as store:
+        facts = _gather(store)
+        first, second, outcomes = store.outcomes()
+    procedure = build_procedure(facts.experiment)
+    for i, j, x in zip(first.tolist(), second.tolist(), outcomes.tolist()):
+        procedure.record(i, j, x)
+    # Between its checks the procedure keeps stale bounds, tens of nats too low
+    # here; the report reads every alternative's bound afresh.
+    stale = procedure.decision().log_evidence
+    settled = procedure.settled_decision().log_evidence
+    assert settled > stale + 10.0
+    assert facts.evidence.log_evidence[-1] == pytest.approx(settled)
+    assert facts.decision["log_evidence"] == pytest.approx(settled)
 
 
 def test_heldout_comparison_is_reported_apart_from_the_decision(tmp_path):

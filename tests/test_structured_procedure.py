@@ -138,6 +138,35 @@ def _feed(instance, procedure, n, rng):
         procedure.record(a, b, instance.duel(a, b, rng))
 
 
+def test_a_settled_decision_reports_the_weakest_alternatives_exact_evidence():
+    rng = np.random.default_rng(21)
+    features = rng.normal(size=(12, 3))
+    theta = np.array([0.6, -0.3, 0.2])
+    instance = bt_instance(features, theta)
+    procedure = StructuredLLMPO(features, 1e-12, seed=0)
+    _feed(instance, procedure, 250, np.random.default_rng(9))
+    plain = procedure.decision()
+    assert not plain.stopped
+    settled = procedure.settled_decision()
+    evidence = procedure.evidence
+    diffs, counts, sums = evidence._data()
+    level = evidence.log_numerator()
+    leader = settled.leader
+    exact = min(
+        level - bt.log_likelihood(
+            bt.fit_halfspace(diffs, counts, sums,
+                             evidence.coords[leader] - evidence.coords[j],
+                             ridge=1e-6),
+            diffs, counts, sums)
+        for j in range(12) if j != leader
+    )
+    # Between checks only stale, conservative bounds stand: far below the data's.
+    assert plain.log_evidence < exact - 1.0
+    assert settled.log_evidence == pytest.approx(exact, abs=1e-4)
+    assert settled.p_value == pytest.approx(min(1.0, math.exp(-exact)), rel=1e-3)
+    assert settled.p_value < 0.05 < plain.p_value
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sampling_counts_reach_the_programs_optimum(seed):
     from llmpo.stats.design import program_inputs, program_objective, solve_program

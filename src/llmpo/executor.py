@@ -365,7 +365,7 @@ class Executor:
             return
         pairs = self.procedure.propose(room)
         self._proposals += 1
-        decision = self.procedure.decision()
+        decision = self.procedure.settled_decision()
         self._write_later(
             self.store.record_decision,
             n_duels=self.procedure.n_duels,
@@ -444,7 +444,7 @@ class Executor:
     def _fire(self) -> None:
         """Take the decision, now that the run stops proposing."""
         if self._frozen is None:
-            self._frozen = self.procedure.decision()
+            self._frozen = self.procedure.settled_decision()
         self._decided_at = self.procedure.n_duels
         decision = self._frozen
         self._write_later(
@@ -581,7 +581,7 @@ class Executor:
         logger.warning("duel %d failed: %s", duel.duel_id, reason)
 
     def _after_record(self) -> None:
-        decision = self.procedure.decision()
+        decision = self.procedure.settled_decision()
         if decision.leader != self._leader:
             logger.info(
                 "leader %s -> %s after %d duels (evidence %.2f of %.2f)",
@@ -606,7 +606,9 @@ class Executor:
 
     def _finish(self) -> ExecutionResult:
         reason = self._reason or "no duel left to propose"
-        decision = self._current_decision()
+        if self._frozen is None:
+            self._frozen = self.procedure.settled_decision()
+        decision = self._frozen
         if decision.stopped:
             status = "decided"
         elif self._given_up:

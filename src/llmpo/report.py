@@ -289,7 +289,7 @@ def _replay(
             stopped_at = t
             points.add(t)
         if t in points:
-            decision = procedure.decision()
+            decision = procedure.settled_decision()
             duels.append(t)
             levels.append(decision.log_evidence)
             leaders.append(-1 if decision.leader is None else decision.leader)
@@ -348,7 +348,7 @@ def _decision(
         }
     if procedure is None or evidence is None:
         return None
-    replayed = procedure.decision()
+    replayed = procedure.settled_decision()
     return {
         "stopped": replayed.stopped,
         "leader": replayed.leader,

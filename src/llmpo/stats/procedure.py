@@ -82,6 +82,13 @@ class Procedure(abc.ABC):
     def decision(self) -> Decision:
         """The current decision, from completed duels only."""
 
+    def settled_decision(self) -> Decision:
+        """The current decision with its evidence as strong as the data allow,
+        for a person to read (the end of a run, a report). Procedures whose
+        :meth:`decision` keeps stale, conservative bounds between checks
+        recompute them here; the others return :meth:`decision`."""
+        return self.decision()
+
     @property
     def stopped(self) -> bool:
         """True once the stopping rule has fired. Subclasses keep it cheap: the

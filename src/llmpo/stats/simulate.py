@@ -77,7 +77,7 @@ def simulate(
         for a, b, x in zip(first.tolist(), second.tolist(), outcomes.tolist()):
             procedure.record(a, b, x)
         stopped = procedure.stopped
-    decision = procedure.decision()
+    decision = procedure.settled_decision()
     counts = getattr(procedure, "counts", None)
     return Outcome(
         decision=decision,

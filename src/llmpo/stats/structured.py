@@ -112,6 +112,7 @@ class StructuredEvidence:
         self._null_max = np.zeros((k, k))
         self._decision: Decision | None = None
         self._n_decision = -1
+        self._n_settled = -1
         self._stopped: Decision | None = None
 
     def record(self, pair: int, outcome: float) -> None:
@@ -146,7 +147,7 @@ class StructuredEvidence:
         """``argmax theta^T x_i`` at the current estimate."""
         return int(np.argmax(self.coords @ self.theta))
 
-    def decision(self) -> Decision:
+    def decision(self, settle: bool = False) -> Decision:
         """The decision from completed duels; frozen once the rule has fired.
 
         A decision costs convex fits, so it is taken afresh only when the number
@@ -155,10 +156,19 @@ class StructuredEvidence:
         :func:`_next_check`). Between them the last decision stands; the rule
         fires at most 0.4% of the duels late, and checking at fewer times does
         not touch the guarantee (Ville's inequality holds at any stopping time).
+
+        While the rule has not fired, the alternatives past the first that
+        holds out keep the bounds of their last fit, so the reported evidence
+        and p-value are valid but may be far weaker than the data allow.
+        ``settle=True`` refits the alternatives until the weakest is exact: the
+        reported evidence is then the minimum of ``ln E_ij`` over ``j`` at this
+        count (a few fits more; used where a person reads it, at the end of a
+        run and in reports).
         """
         if self._stopped is not None:
             return self._stopped
-        if self._decision is not None and self.n < _next_check(self._n_decision):
+        if (self._decision is not None and self.n < _next_check(self._n_decision)
+                and (not settle or self._n_settled == self._n_decision)):
             return self._decision
         k = self.coords.shape[0]
         if self.n == 0:
@@ -195,7 +205,25 @@ class StructuredEvidence:
             if level - self._null_max[leader, j] < threshold:
                 stopped = False
                 break
-        if not stopped:
+        if not stopped and settle:
+            # Refit the weakest stale bound until the weakest bound is a fresh
+            # one: a refit only raises a bound, so the minimum is then exact.
+            while True:
+                bounds = level - self._null_max[leader, others]
+                weakest = others[int(np.argmin(bounds))]
+                if weakest in fresh:
+                    break
+                if precision is None:
+                    precision = bt.information(
+                        self.theta, diffs, counts, ridge=self.ridge
+                    )
+                direction = self.coords[leader] - self.coords[weakest]
+                self._refresh(
+                    leader, weakest,
+                    bt.metric_projection(self.theta, direction, precision),
+                )
+                fresh.add(weakest)
+        elif not stopped:
             # Keep the reported evidence informative: refresh the weakest stale
             # bound, one fit per decision.
             bounds = level - self._null_max[leader, others]
@@ -212,6 +240,8 @@ class StructuredEvidence:
                           * (1.0 + math.log(max(self.n, 1))))
         decision = Decision(stopped, leader, p_value, log_evidence, threshold)
         self._decision, self._n_decision = decision, self.n
+        if settle or stopped:
+            self._n_settled = self.n
         if stopped:
             self._stopped = decision
             logger.info("stopped after %d duels: leader %d (p <= %.3g)",
@@ -303,6 +333,11 @@ class _StructuredProcedure(Procedure):
     def decision(self) -> Decision:
         """The current decision from completed duels (see :class:`StructuredEvidence`)."""
         return self.evidence.decision()
+
+    def settled_decision(self) -> Decision:
+        """The current decision with every alternative's bound exact where it
+        decides the reported evidence (see :meth:`StructuredEvidence.decision`)."""
+        return self.evidence.decision(settle=True)
 
     @property
     def n_duels(self) -> int:
