@@ -251,7 +251,8 @@ def test_a_bad_challenge_period_is_refused(value):
 def new_leader_state(forcing_clock):
     """Four policies: 1 led through 40 duels with 2, then 0 took the lead in its
     last few duels; its pairs hold 6, 3 and 1 duels, short of sqrt(t) - 3/2."""
-    procedure = LLMPO(4, 0.01, seed=0, challenge_every=0, forcing_clock=forcing_clock)
+    procedure = LLMPO(4, 0.01, seed=0, challenge_every=0, forcing_clock=forcing_clock,
+                      leader_rule="refutation")
     for duel in range(40):
         procedure.record(1, 2, 1.0 if duel % 5 < 3 else 0.0)
     for i, j, outcome in [(1, 3, 1), (1, 3, 1), (2, 3, 1), (2, 3, 0), (0, 3, 1),
@@ -277,3 +278,50 @@ def test_the_forcing_clock_defaults_by_mode_and_refuses_unknown_names():
     assert LLMPO(3, 0.1, "assume-winner").forcing_clock == "duels"
     with pytest.raises(InputError, match="forcing_clock"):
         LLMPO(3, 0.1, forcing_clock="wall")
+
+
+def early_loss_state(leader_rule):
+    """Six policies: 0 beat 2-5 three times each and lost its one duel with 1,
+    whose only duel that was. No pair is forced."""
+    procedure = LLMPO(6, 0.01, seed=0, challenge_every=0, leader_rule=leader_rule)
+    procedure._start = []
+    for j in range(2, 6):
+        for _ in range(3):
+            procedure.record(0, j, 1.0)
+    procedure.record(0, 1, 0.0)
+    return procedure
+
+
+def test_the_sampling_leader_is_the_likeliest_condorcet_winner():
+    # 1 is the only policy never beaten, so it is the least refuted, but 0 is
+    # far likelier to beat everyone: ln P = ln(1/4) + 4 ln(15/16) against
+    # ln(3/4) + 4 ln(1/2).
+    procedure = early_loss_state("posterior")
+    assert procedure.leader() == 1
+    assert procedure._sampling_leader() == 0
+    assert procedure.propose(1) == [(0, 1)]
+    # The least refuted leader spends its duels on rivals 0 has already beaten.
+    old = early_loss_state("refutation")
+    assert old._sampling_leader() == 1
+    assert 0 not in old.propose(1)[0]
+
+
+def test_a_policy_refuted_at_the_threshold_cannot_lead_the_sampling():
+    procedure = LLMPO(30, 0.01, seed=0, challenge_every=0)
+    procedure._start = []
+    for j in range(2, 30):
+        for _ in range(10):
+            procedure.record(0, j, 1.0)
+    for _ in range(15):
+        procedure.record(1, 0, 1.0)
+    assert procedure.evidence[1, 0] >= procedure.log_threshold
+    # 0's posterior sum is still the largest, but 1 refutes it.
+    assert procedure._posterior_sum[0] > procedure._posterior_sum[1]
+    assert procedure._sampling_leader() == 1
+
+
+def test_the_leader_rule_defaults_by_mode_and_refuses_unknown_names():
+    assert LLMPO(3, 0.1).leader_rule == "posterior"
+    assert LLMPO(3, 0.1, "assume-winner").leader_rule == "refutation"
+    with pytest.raises(InputError, match="leader_rule"):
+        LLMPO(3, 0.1, leader_rule="copeland")
