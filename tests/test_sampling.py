@@ -325,3 +325,28 @@ def test_the_leader_rule_defaults_by_mode_and_refuses_unknown_names():
     assert LLMPO(3, 0.1, "assume-winner").leader_rule == "refutation"
     with pytest.raises(InputError, match="leader_rule"):
         LLMPO(3, 0.1, leader_rule="copeland")
+
+
+def test_the_posterior_sums_are_beta_tails_of_the_recorded_outcomes():
+    from scipy.stats import beta
+
+    rng = np.random.default_rng(4)
+    procedure = LLMPO(4, 0.01, seed=0)
+    procedure._start = []
+    for _ in range(300):
+        i, j = rng.choice(4, size=2, replace=False)
+        procedure.record(int(i), int(j), float(rng.choice([0.0, 0.5, 1.0, 1.0])))
+    for _ in range(200000):  # a long pair: the cancellation in the update stays small
+        procedure.record(0, 3, 1.0 if rng.random() < 0.5003 else 0.0)
+    expected = np.zeros(4)
+    for a in range(4):
+        for b in range(4):
+            if a == b:
+                continue
+            pair = procedure.pair_index[a, b]
+            n, s = procedure.counts[pair], procedure.sums[pair]
+            wins = s if a < b else n - s  # sums are stored for the lower index
+            expected[a] += (
+                beta.logsf(0.5, wins + 1.0, n - wins + 1.0) if n else math.log(0.5)
+            )
+    np.testing.assert_allclose(procedure._posterior_sum, expected, atol=1e-6)
