@@ -60,6 +60,10 @@ class FakeOpenAIServer:
         self.good_rate = good_rate
         self.bad_rate = bad_rate
         self.requests: list[tuple[str, str, int | None]] = []
+        # Completions being answered now, and the most at once since the last
+        # reset: how far a client overlaps its requests.
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         server = self
 
@@ -80,12 +84,19 @@ class FakeOpenAIServer:
                 request = json.loads(self.rfile.read(length) or b"{}")
                 # Logged on arrival: a request whose client is killed while it
                 # waits was still asked for.
-                status, reply = server.respond(request, self.headers)
-                time.sleep(server.latency_s)
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
-                    self._send(status, reply)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+                    status, reply = server.respond(request, self.headers)
+                    time.sleep(server.latency_s)
+                    try:
+                        self._send(status, reply)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
 
             def _send(self, status, body):
                 data = json.dumps(body).encode()
