@@ -54,14 +54,23 @@ def log_mixture_evidence(successes, trials):
     return value if value.ndim else float(value)
 
 
+def log_mixture_scale(successes: float, trials: float) -> float:
+    """``(n+1) ln 2 + ln B(S+1, n-S+1)``: the part of ``ln M`` that both
+    orientations of a pair share. What is left, ``ln M - log_mixture_scale``, is
+    the log posterior probability ``ln P(p > 1/2)`` under a uniform prior."""
+    a = trials - successes + 1.0
+    b = successes + 1.0
+    log_beta = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    return (trials + 1.0) * _LN2 + log_beta
+
+
 def log_mixture_evidence_pair(successes: float, trials: float) -> tuple[float, float]:
     """``(ln M(n, S), ln M(n, n - S))`` for one pair: the evidence that its first
     policy wins and that its second one does. A scalar fast path of
     :func:`log_mixture_evidence` for the per-duel update of a running procedure."""
     a = trials - successes + 1.0
     b = successes + 1.0
-    log_beta = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
-    base = (trials + 1.0) * _LN2 + log_beta
+    base = log_mixture_scale(successes, trials)
     tail = float(betainc(a, b, 0.5))
     return base + _log_tail(tail, a, b), base + _log_tail(1.0 - tail, b, a)
 

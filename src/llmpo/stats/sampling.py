@@ -21,6 +21,7 @@ from llmpo.stats.divergence import coin_information
 from llmpo.stats.evidence import (
     assume_threshold,
     log_mixture_evidence_pair,
+    log_mixture_scale,
     verify_threshold,
 )
 from llmpo.stats.pairs import pair_matrix, pairs
@@ -244,7 +245,9 @@ class PairwiseProcedure(Procedure):
         self._check_pair(i, j)
         x = float(outcome)
         if not 0.0 <= x <= 1.0:
-            raise InputError(f"duel outcome: got {outcome!r}, expected a number in [0, 1]")
+            raise InputError(
+                f"duel outcome: got {outcome!r}, expected a number in [0, 1]"
+            )
         if i > j:
             return int(j), int(i), 1.0 - x
         return int(i), int(j), x
@@ -335,9 +338,8 @@ class LLMPO(PairwiseProcedure):
         duels (pairs without the winner) were wasted. Measured on
         bt-features-100 (K = 100, delta = 0.01, 200 runs): 2,985 -> 2,894 mean
         duels, the oracle needing 2,446; the other public instances unchanged
-        within noise. Default
-        ``"posterior"`` in ``verify`` and ``"refutation"`` in
-        ``assume-winner``, where it has not been measured.
+        within noise. Default ``"posterior"`` in ``verify`` and
+        ``"refutation"`` in ``assume-winner``, where it has not been measured.
     challenge_every : int, optional
         Every ``challenge_every``-th duel past the start and the forcing tests
         the most credible challenger instead of tracking (see
@@ -421,6 +423,8 @@ class LLMPO(PairwiseProcedure):
         self._start = [int(p) for p in start]
         self._half_rivals = (k - 1) / 2.0
         self._half_pairs = m / 2.0
+        # The leader the sampling rule serves, updated after each record.
+        self._served = self._sampling_leader()
 
     def _next_pair(self) -> int | None:
         while self._start:
@@ -434,7 +438,7 @@ class LLMPO(PairwiseProcedure):
             below = np.flatnonzero(n < math.sqrt(t) - self._half_pairs)
             if below.size:
                 return int(below[np.argmin(n[below])])
-        leader = self._sampling_leader()
+        leader = self._served
         pair, winners, rivals, level = self._targets(leader)
         open_ = level < self.log_threshold
         if self.mode == "verify":
@@ -483,19 +487,18 @@ class LLMPO(PairwiseProcedure):
         return int(pair[np.argmax(gap)])
 
     def _after_record(self, i: int, j: int) -> None:
-        # ln M = (N+1) ln 2 + ln B(S+1, N-S+1) + ln P(p > 1/2): the posterior
-        # tail is the evidence less its first two terms (underflow handled there).
+        # The posterior tail is the evidence less its shared scale (underflow
+        # of the tail is handled in the evidence).
         pair = self.pair_index[i, j]
-        n, s = self.counts[pair], self.sums[pair]
-        a, b = n - s + 1.0, s + 1.0
-        log_beta = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
-        base = (n + 1.0) * math.log(2.0) + log_beta
+        scale = log_mixture_scale(self.sums[pair], self.counts[pair])
         for x, y in ((i, j), (j, i)):
-            value = self.evidence[x, y] - base
+            value = self.evidence[x, y] - scale
             self._posterior_sum[x] += value - self._log_posterior[x, y]
             self._log_posterior[x, y] = value
+        # Only a record moves the sampling leader: found once per duel here.
+        self._served = self._sampling_leader()
         if self.forcing_clock == "tenure":
-            self._tenure[self._sampling_leader()] += 1.0
+            self._tenure[self._served] += 1.0
 
     def _sampling_leader(self) -> int:
         """The leader whose pairs the sampling rule duels (see ``leader_rule``).

@@ -116,7 +116,8 @@ class StructuredEvidence:
         self._stopped: Decision | None = None
 
     def record(self, pair: int, outcome: float) -> None:
-        """Fold in one duel of ``pair`` (index) with ``outcome`` for its first policy."""
+        """Fold in one duel of ``pair`` (index) with ``outcome`` for its first
+        policy."""
         if self.counts[pair] == 0:
             self._active = np.flatnonzero(self.counts > 0)
             self._active = np.append(self._active, pair)
@@ -188,15 +189,21 @@ class StructuredEvidence:
         others = np.delete(np.arange(k), leader)
         others = others[np.argsort(utility[leader] - utility[others])]
         precision = None
+
+        def projection(j):
+            """The estimate moved onto the null's boundary: a fit's start."""
+            nonlocal precision
+            if precision is None:
+                precision = bt.information(self.theta, diffs, counts, ridge=self.ridge)
+            direction = self.coords[leader] - self.coords[j]
+            return bt.metric_projection(self.theta, direction, precision)
+
         fresh = set()
         stopped = True
         for j in others:
             if level - self._null_max[leader, j] >= threshold:
                 continue
-            if precision is None:
-                precision = bt.information(self.theta, diffs, counts, ridge=self.ridge)
-            direction = self.coords[leader] - self.coords[j]
-            start = bt.metric_projection(self.theta, direction, precision)
+            start = projection(j)
             if level - bt.log_likelihood(start, diffs, counts, sums) < threshold:
                 stopped = False
                 break
@@ -213,15 +220,7 @@ class StructuredEvidence:
                 weakest = others[int(np.argmin(bounds))]
                 if weakest in fresh:
                     break
-                if precision is None:
-                    precision = bt.information(
-                        self.theta, diffs, counts, ridge=self.ridge
-                    )
-                direction = self.coords[leader] - self.coords[weakest]
-                self._refresh(
-                    leader, weakest,
-                    bt.metric_projection(self.theta, direction, precision),
-                )
+                self._refresh(leader, weakest, projection(weakest))
                 fresh.add(weakest)
         elif not stopped:
             # Keep the reported evidence informative: refresh the weakest stale
@@ -240,7 +239,7 @@ class StructuredEvidence:
                           * (1.0 + math.log(max(self.n, 1))))
         decision = Decision(stopped, leader, p_value, log_evidence, threshold)
         self._decision, self._n_decision = decision, self.n
-        if settle or stopped:
+        if settle:
             self._n_settled = self.n
         if stopped:
             self._stopped = decision
@@ -331,7 +330,8 @@ class _StructuredProcedure(Procedure):
         self.pending[self._pair(i, j)] += 1
 
     def decision(self) -> Decision:
-        """The current decision from completed duels (see :class:`StructuredEvidence`)."""
+        """The current decision from completed duels (see
+        :class:`StructuredEvidence`)."""
         return self.evidence.decision()
 
     def settled_decision(self) -> Decision:
@@ -554,7 +554,9 @@ def _check_features(features) -> np.ndarray:
         raise InputError(f"features: got shape {x.shape}, expected K x d with K >= 2")
     if not np.all(np.isfinite(x)):
         row = int(np.argwhere(~np.isfinite(x))[0][0])
-        raise InputError(f"features[{row}]: got {x[row].tolist()}, expected finite numbers")
+        raise InputError(
+            f"features[{row}]: got {x[row].tolist()}, expected finite numbers"
+        )
     _, first, inverse = np.unique(x, axis=0, return_index=True, return_inverse=True)
     if first.size < x.shape[0]:
         dup = int(np.flatnonzero(np.bincount(inverse.ravel()) > 1)[0])
