@@ -8,7 +8,8 @@ information of proportions ``w`` over pairs is
 
 and the regularised convex program of the proportions (MATH.md section 3) is
 
-    minimise over w in the simplex   s(w) = max_j y_j^T (H(w) + gamma I)^{-1} y_j / Delta_j^2.
+    minimise over w in the simplex
+        s(w) = max_j y_j^T (H(w) + gamma I)^{-1} y_j / Delta_j^2.
 
 Its value ``1 / (2 s*)`` approximates ``T*(theta)^{-1}``. :func:`solve_program` is the
 fast solver used inside an experiment (a fully-corrective Frank-Wolfe method that
@@ -90,7 +91,8 @@ def fisher_information(diffs, slopes, weights) -> np.ndarray:
 def program_objective(weights, diffs, slopes, directions, gaps, *, gamma) -> float:
     """``s(w) = max_j y_j^T (H(w) + gamma I)^{-1} y_j / Delta_j^2``."""
     diffs, slopes, scaled, gamma = _check(diffs, slopes, directions, gaps, gamma)
-    return float(_ratios(np.asarray(weights, float), diffs, slopes, scaled, gamma).max())
+    weights = np.asarray(weights, float)
+    return float(_ratios(weights, diffs, slopes, scaled, gamma).max())
 
 
 def solve_program(
@@ -235,9 +237,9 @@ def solve_program_reference(diffs, slopes, directions, gaps, *, gamma: float):
     matrix = cp.Variable((dim, dim), symmetric=True)
     information = cp.reshape(outer.T @ cp.multiply(w, slopes), (dim, dim), order="C")
     constraints = [cp.sum(w) == 1, matrix == information + gamma * np.eye(dim)]
+    corner = cp.reshape(s, (1, 1), order="C")
     for y in scaled_for_solver:
         column = y[:, None]
-        corner = cp.reshape(s, (1, 1), order="C")
         block = cp.bmat([[matrix, column], [column.T, corner]])
         constraints.append(0.5 * (block + block.T) >> 0)
     problem = cp.Problem(cp.Minimize(s), constraints)
@@ -247,7 +249,6 @@ def solve_program_reference(diffs, slopes, directions, gaps, *, gamma: float):
     try:
         problem.solve(solver=cp.CLARABEL)
     except cp.error.SolverError:
-        problem = cp.Problem(cp.Minimize(s), constraints)
         problem.solve(solver=cp.SCS, eps=1e-9, max_iters=200_000)
     if w.value is None:
         raise cp.error.SolverError(f"reference program: status {problem.status}")
@@ -331,7 +332,8 @@ def _spread(active, weights, n_pairs):
 
 
 def _ratios(weights, diffs, slopes, scaled, gamma):
-    """``y_j^T A^{-1} y_j / Delta_j^2`` for every ``j`` (``scaled`` = ``y_j / Delta_j``)."""
+    """``y_j^T A^{-1} y_j / Delta_j^2`` for every ``j``
+    (``scaled`` = ``y_j / Delta_j``)."""
     matrix = fisher_information(diffs, slopes, weights)
     matrix[np.diag_indices_from(matrix)] += gamma
     solved = np.linalg.solve(matrix, scaled.T)
